@@ -1,0 +1,1 @@
+"""The shop: Cleave's reference application."""

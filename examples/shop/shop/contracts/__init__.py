@@ -1,0 +1,1 @@
+"""The shop's contracts: what each service offers. Callers import these, never the services."""

@@ -1,0 +1,61 @@
+"""Catalog: products and their prices."""
+
+from __future__ import annotations
+
+from typing import Annotated, Protocol
+
+import msgspec
+
+import cleave
+
+Sku = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+class Product(cleave.Message):
+    sku: str
+    name: str
+    price_cents: int
+
+
+class ProductList(cleave.Message):
+    products: tuple[Product, ...]
+
+
+class ListProducts(cleave.Message):
+    pass
+
+
+class GetProduct(cleave.Message):
+    sku: Sku
+
+
+class GetPrices(cleave.Message):
+    skus: tuple[Sku, ...]
+
+
+class Price(cleave.Message):
+    sku: str
+    price_cents: int
+
+
+class Prices(cleave.Message):
+    prices: tuple[Price, ...]
+    #: Requested SKUs the catalog does not sell.
+    missing: tuple[str, ...] = ()
+
+
+@cleave.contract("catalog", version=1)
+class Catalog(Protocol):
+    """Products and their prices."""
+
+    async def list_products(self, req: ListProducts) -> ProductList:
+        """Every product, by SKU."""
+        ...
+
+    async def get_product(self, req: GetProduct) -> Product:
+        """One product; NotFound if the SKU is unknown."""
+        ...
+
+    async def get_prices(self, req: GetPrices) -> Prices:
+        """Prices of several SKUs at once, and which of them are unknown."""
+        ...

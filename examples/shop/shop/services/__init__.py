@@ -1,0 +1,1 @@
+"""The shop's services: each owns its tables and talks to others only through contracts."""

@@ -1,0 +1,186 @@
+"""The billing service: accounts, and at most one charge per order.
+
+A charge row per order makes "charged twice" impossible whatever the retry:
+a second charge for the same order returns the first receipt. A refund
+before the charge arrives (a charge still in flight when checkout gave up)
+leaves a tombstone, so that charge is declined when it lands.
+"""
+
+from __future__ import annotations
+
+import time
+
+import sqlalchemy as sa
+
+import cleave
+from shop.contracts.billing import (
+    Account,
+    AccountList,
+    Billing,
+    Charge,
+    GetAccount,
+    ListAccounts,
+    PaymentCaptured,
+    PaymentRefunded,
+    Receipt,
+    Refund,
+    Refunded,
+)
+from shop.contracts.orders import OrderCancelled
+from shop.seed import ACCOUNTS
+
+metadata = sa.MetaData()
+accounts = sa.Table(
+    "accounts",
+    metadata,
+    sa.Column("account_id", sa.String(64), primary_key=True),
+    sa.Column("balance_cents", sa.BigInteger, nullable=False),
+    sa.CheckConstraint("balance_cents >= 0", name="balance_not_negative"),
+)
+charges = sa.Table(
+    "charges",
+    metadata,
+    sa.Column("order_id", sa.String(64), primary_key=True),
+    sa.Column("account_id", sa.String(64), nullable=False),
+    sa.Column("amount_cents", sa.BigInteger, nullable=False),
+    # captured -> refunded; declined; refunded also as a tombstone
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+
+class BillingService(cleave.Service, implements=Billing):
+    db = cleave.Database(metadata)
+
+    async def on_start(self) -> None:
+        async with self.db.transaction() as tx:
+            if await tx.scalar(sa.select(sa.func.count()).select_from(accounts)):
+                return
+            await tx.execute(
+                accounts.insert(),
+                [{"account_id": a.account_id, "balance_cents": a.balance_cents} for a in ACCOUNTS],
+            )
+
+    async def list_accounts(self, req: ListAccounts) -> AccountList:
+        async with self.db.read() as tx:
+            rows = (await tx.execute(sa.select(accounts).order_by(accounts.c.account_id))).all()
+        return AccountList(
+            accounts=tuple(
+                Account(account_id=r.account_id, balance_cents=r.balance_cents) for r in rows
+            )
+        )
+
+    async def get_account(self, req: GetAccount) -> Account:
+        async with self.db.read() as tx:
+            row = (
+                await tx.execute(sa.select(accounts).where(accounts.c.account_id == req.account_id))
+            ).first()
+        if row is None:
+            raise cleave.NotFound(f"no account {req.account_id!r}")
+        return Account(account_id=row.account_id, balance_cents=row.balance_cents)
+
+    async def charge(self, req: Charge) -> Receipt:
+        async with self.db.transaction() as tx:
+            prior = (
+                await tx.execute(sa.select(charges).where(charges.c.order_id == req.order_id))
+            ).first()
+            if prior is not None:
+                if prior.state == "captured":
+                    return Receipt(
+                        order_id=req.order_id, status="captured", amount_cents=prior.amount_cents
+                    )
+                reason = prior.reason or "the order was refunded"
+                return Receipt(
+                    order_id=req.order_id, status="declined", amount_cents=0, reason=reason
+                )
+            balance = await tx.scalar(
+                sa.select(accounts.c.balance_cents).where(accounts.c.account_id == req.account_id)
+            )
+            if balance is None:
+                reason = f"no account {req.account_id!r}"
+            elif balance < req.amount_cents:
+                reason = (
+                    f"insufficient funds: balance {balance} cents, total {req.amount_cents} cents"
+                )
+            else:
+                reason = None
+            if reason is not None:
+                await tx.execute(
+                    charges.insert().values(
+                        order_id=req.order_id,
+                        account_id=req.account_id,
+                        amount_cents=0,
+                        state="declined",
+                        reason=reason,
+                        updated_at=time.time(),
+                    )
+                )
+                return Receipt(
+                    order_id=req.order_id, status="declined", amount_cents=0, reason=reason
+                )
+            await tx.execute(
+                accounts.update()
+                .where(accounts.c.account_id == req.account_id)
+                .values(balance_cents=accounts.c.balance_cents - req.amount_cents)
+            )
+            await tx.execute(
+                charges.insert().values(
+                    order_id=req.order_id,
+                    account_id=req.account_id,
+                    amount_cents=req.amount_cents,
+                    state="captured",
+                    reason=None,
+                    updated_at=time.time(),
+                )
+            )
+            tx.publish(
+                PaymentCaptured(
+                    order_id=req.order_id, account_id=req.account_id, amount_cents=req.amount_cents
+                )
+            )
+        return Receipt(order_id=req.order_id, status="captured", amount_cents=req.amount_cents)
+
+    async def refund(self, req: Refund) -> Refunded:
+        async with self.db.transaction() as tx:
+            prior = (
+                await tx.execute(sa.select(charges).where(charges.c.order_id == req.order_id))
+            ).first()
+            if prior is None:
+                await tx.execute(
+                    charges.insert().values(
+                        order_id=req.order_id,
+                        account_id="",
+                        amount_cents=0,
+                        state="refunded",
+                        reason="the order was cancelled before it was charged",
+                        updated_at=time.time(),
+                    )
+                )
+                return Refunded(order_id=req.order_id, refunded_cents=0)
+            if prior.state != "captured":
+                return Refunded(order_id=req.order_id, refunded_cents=0)
+            await tx.execute(
+                accounts.update()
+                .where(accounts.c.account_id == prior.account_id)
+                .values(balance_cents=accounts.c.balance_cents + prior.amount_cents)
+            )
+            await tx.execute(
+                charges.update()
+                .where(charges.c.order_id == req.order_id)
+                .values(state="refunded", updated_at=time.time())
+            )
+            tx.publish(
+                PaymentRefunded(
+                    order_id=req.order_id,
+                    account_id=prior.account_id,
+                    amount_cents=prior.amount_cents,
+                )
+            )
+        return Refunded(order_id=req.order_id, refunded_cents=prior.amount_cents)
+
+    @cleave.subscribe(OrderCancelled)
+    async def on_order_cancelled(self, event: OrderCancelled) -> None:
+        # Checkout refunds when it cancels after a charge; this covers a charge that landed
+        # after checkout gave up on it.
+        await self.refund(Refund(order_id=event.order_id))

@@ -1,0 +1,97 @@
+"""The notifications service: tells customers about their orders (here: records it)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import sqlalchemy as sa
+
+import cleave
+from shop.contracts.notifications import (
+    ListNotifications,
+    Notification,
+    NotificationList,
+    Notifications,
+)
+from shop.contracts.orders import OrderCancelled, OrderConfirmed
+from shop.contracts.shipping import ShipmentCreated
+
+metadata = sa.MetaData()
+notifications = sa.Table(
+    "notifications",
+    metadata,
+    sa.Column("notification_id", sa.String(64), primary_key=True),
+    sa.Column("order_id", sa.String(64), nullable=False, index=True),
+    sa.Column("account_id", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+
+class NotificationsService(cleave.Service, implements=Notifications):
+    db = cleave.Database(metadata)
+
+    async def list_notifications(self, req: ListNotifications) -> NotificationList:
+        async with self.db.read() as tx:
+            rows = (
+                await tx.execute(
+                    sa.select(notifications)
+                    .where(notifications.c.order_id == req.order_id)
+                    .order_by(notifications.c.created_at)
+                )
+            ).all()
+        return NotificationList(
+            notifications=tuple(
+                Notification(
+                    notification_id=r.notification_id,
+                    order_id=r.order_id,
+                    account_id=r.account_id,
+                    kind=r.kind,
+                    text=r.text,
+                    created_at=r.created_at,
+                )
+                for r in rows
+            )
+        )
+
+    async def _record(self, order_id: str, account_id: str, kind: str, text: str) -> None:
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                notifications.insert().values(
+                    notification_id=f"ntf_{os.urandom(8).hex()}",
+                    order_id=order_id,
+                    account_id=account_id,
+                    kind=kind,
+                    text=text,
+                    created_at=time.time(),
+                )
+            )
+
+    @cleave.subscribe(OrderConfirmed)
+    async def on_order_confirmed(self, event: OrderConfirmed) -> None:
+        await self._record(
+            event.order_id,
+            event.account_id,
+            "order_confirmed",
+            f"Your order {event.order_id} is confirmed: {event.total_cents / 100:.2f} charged.",
+        )
+
+    @cleave.subscribe(OrderCancelled)
+    async def on_order_cancelled(self, event: OrderCancelled) -> None:
+        await self._record(
+            event.order_id,
+            event.account_id,
+            "order_cancelled",
+            f"Your order {event.order_id} was cancelled: {event.reason}.",
+        )
+
+    @cleave.subscribe(ShipmentCreated)
+    async def on_shipment_created(self, event: ShipmentCreated) -> None:
+        await self._record(
+            event.order_id,
+            event.account_id,
+            "shipment_created",
+            f"Your order {event.order_id} is on its way ({event.shipment_id}).",
+        )

@@ -1,0 +1,201 @@
+"""The orders service: checkout and order status.
+
+Checkout validates the order against the catalog and billing, records it as
+pending, reserves stock, charges the account and confirms; a rejected
+reservation or a declined charge cancels it with a reason and gives back
+what was taken. The request id of the call (the gateway's Idempotency-Key)
+identifies the order, so a repeated request returns the same order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+
+import msgspec
+import sqlalchemy as sa
+import structlog
+
+import cleave
+from cleave.context import new_request_id
+from shop.contracts.billing import Billing, Charge, GetAccount, Refund
+from shop.contracts.catalog import Catalog, GetPrices
+from shop.contracts.inventory import Inventory, Release, Reserve
+from shop.contracts.orders import (
+    GetOrder,
+    Line,
+    OrderCancelled,
+    OrderConfirmed,
+    Orders,
+    OrderView,
+    PlaceOrder,
+)
+
+log = structlog.get_logger("shop.orders")
+
+metadata = sa.MetaData()
+orders = sa.Table(
+    "orders",
+    metadata,
+    sa.Column("order_id", sa.String(64), primary_key=True),
+    sa.Column("request_key", sa.String(255), nullable=False, unique=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("account_id", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("total_cents", sa.BigInteger, nullable=False),
+    sa.Column("items", sa.LargeBinary, nullable=False),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+_lines = msgspec.json.Decoder(tuple[Line, ...])
+
+
+def _view(row: sa.Row[tuple[object, ...]]) -> OrderView:
+    return OrderView(
+        order_id=row.order_id,
+        account_id=row.account_id,
+        status=row.status,
+        total_cents=row.total_cents,
+        items=_lines.decode(row.items),
+        reason=row.reason,
+    )
+
+
+class OrdersService(cleave.Service, implements=Orders):
+    db = cleave.Database(metadata)
+    catalog = cleave.use(Catalog)
+    inventory = cleave.use(Inventory)
+    billing = cleave.use(Billing)
+
+    async def get_order(self, req: GetOrder) -> OrderView:
+        row = await self._find(orders.c.order_id == req.order_id)
+        if row is None:
+            raise cleave.NotFound(f"no order {req.order_id!r}")
+        return _view(row)
+
+    async def place_order(self, req: PlaceOrder) -> OrderView:
+        ctx = cleave.current()
+        key = ctx.request_id if ctx is not None else new_request_id()
+        fingerprint = hashlib.blake2b(msgspec.msgpack.encode(req), digest_size=16).hexdigest()
+        existing = await self._find(orders.c.request_key == key)
+        if existing is not None:
+            return self._same_request(existing, fingerprint, key)
+        total = await self._validate(req)
+        order_id = f"ord_{os.urandom(8).hex()}"
+        now = time.time()
+        try:
+            async with self.db.transaction() as tx:
+                await tx.execute(
+                    orders.insert().values(
+                        order_id=order_id,
+                        request_key=key,
+                        fingerprint=fingerprint,
+                        account_id=req.account_id,
+                        status="pending",
+                        total_cents=total,
+                        items=msgspec.json.encode(req.items),
+                        reason=None,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+        except sa.exc.IntegrityError:
+            # The same request arrived twice at once; the other one created the order.
+            existing = await self._find(orders.c.request_key == key)
+            assert existing is not None
+            return self._same_request(existing, fingerprint, key)
+        return await self._checkout(order_id, req, total)
+
+    async def _checkout(self, order_id: str, req: PlaceOrder, total: int) -> OrderView:
+        try:
+            reservation = await self.inventory.reserve(Reserve(order_id=order_id, lines=req.items))
+        except cleave.CallError as exc:
+            await self.inventory.release(Release(order_id=order_id))
+            return await self._cancel(order_id, f"could not reserve stock: {exc}")
+        if reservation.status != "reserved":
+            return await self._cancel(order_id, reservation.reason or "stock not available")
+        try:
+            receipt = await self.billing.charge(
+                Charge(order_id=order_id, account_id=req.account_id, amount_cents=total)
+            )
+        except cleave.CallError as exc:
+            await self.billing.refund(Refund(order_id=order_id))
+            await self.inventory.release(Release(order_id=order_id))
+            return await self._cancel(order_id, f"could not charge: {exc}")
+        if receipt.status != "captured":
+            await self.inventory.release(Release(order_id=order_id))
+            return await self._cancel(order_id, f"payment declined: {receipt.reason}")
+        return await self._finish(order_id, "confirmed", None)
+
+    async def _cancel(self, order_id: str, reason: str) -> OrderView:
+        return await self._finish(order_id, "cancelled", reason)
+
+    async def _finish(self, order_id: str, status: str, reason: str | None) -> OrderView:
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                orders.update()
+                .where(orders.c.order_id == order_id)
+                .values(status=status, reason=reason, updated_at=time.time())
+            )
+            row = (await tx.execute(sa.select(orders).where(orders.c.order_id == order_id))).one()
+            view = _view(row)
+            if status == "confirmed":
+                tx.publish(
+                    OrderConfirmed(
+                        order_id=order_id,
+                        account_id=view.account_id,
+                        total_cents=view.total_cents,
+                        items=view.items,
+                    )
+                )
+            else:
+                tx.publish(
+                    OrderCancelled(
+                        order_id=order_id, account_id=view.account_id, reason=reason or ""
+                    )
+                )
+        return view
+
+    async def _validate(self, req: PlaceOrder) -> int:
+        """Check SKUs and account; return the order's total in cents."""
+        seen: dict[str, int] = {}
+        for i, line in enumerate(req.items):
+            if line.sku in seen:
+                raise cleave.InvalidArgument(
+                    f"sku {line.sku!r} appears twice (at `$.items[{seen[line.sku]}]` and "
+                    f"`$.items[{i}]`); put the whole quantity on one line"
+                )
+            seen[line.sku] = i
+        prices, account = await asyncio.gather(
+            self.catalog.get_prices(GetPrices(skus=tuple(seen))),
+            self.billing.get_account(GetAccount(account_id=req.account_id)),
+            return_exceptions=True,
+        )
+        if isinstance(account, cleave.NotFound):
+            raise cleave.InvalidArgument(f"unknown account {req.account_id!r} at `$.account_id`")
+        for result in (prices, account):
+            if isinstance(result, BaseException):
+                raise result
+        assert not isinstance(prices, BaseException)
+        if prices.missing:
+            sku = prices.missing[0]
+            raise cleave.InvalidArgument(f"unknown sku {sku!r} at `$.items[{seen[sku]}].sku`")
+        price = {p.sku: p.price_cents for p in prices.prices}
+        return sum(price[line.sku] * line.qty for line in req.items)
+
+    async def _find(self, where: sa.ColumnElement[bool]) -> sa.Row[tuple[object, ...]] | None:
+        async with self.db.read() as tx:
+            return (await tx.execute(sa.select(orders).where(where))).first()
+
+    @staticmethod
+    def _same_request(row: sa.Row[tuple[object, ...]], fingerprint: str, key: str) -> OrderView:
+        if row.fingerprint != fingerprint:
+            raise cleave.Conflict(
+                "this Idempotency-Key was already used for a different order; "
+                "use a new key for a new order"
+            )
+        return _view(row)

@@ -1,0 +1,78 @@
+"""The shipping service: one shipment per confirmed order, created from the event."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import sqlalchemy as sa
+
+import cleave
+from shop.contracts.orders import OrderConfirmed
+from shop.contracts.shipping import (
+    ListShipments,
+    Shipment,
+    ShipmentCreated,
+    ShipmentList,
+    Shipping,
+)
+
+metadata = sa.MetaData()
+shipments = sa.Table(
+    "shipments",
+    metadata,
+    sa.Column("shipment_id", sa.String(64), primary_key=True),
+    sa.Column("order_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("account_id", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+
+class ShippingService(cleave.Service, implements=Shipping):
+    db = cleave.Database(metadata)
+
+    async def list_shipments(self, req: ListShipments) -> ShipmentList:
+        async with self.db.read() as tx:
+            rows = (
+                await tx.execute(
+                    sa.select(shipments)
+                    .where(shipments.c.order_id == req.order_id)
+                    .order_by(shipments.c.created_at)
+                )
+            ).all()
+        return ShipmentList(
+            shipments=tuple(
+                Shipment(
+                    shipment_id=r.shipment_id,
+                    order_id=r.order_id,
+                    status=r.status,
+                    created_at=r.created_at,
+                )
+                for r in rows
+            )
+        )
+
+    @cleave.subscribe(OrderConfirmed)
+    async def on_order_confirmed(self, event: OrderConfirmed) -> None:
+        async with self.db.transaction() as tx:
+            exists = await tx.scalar(
+                sa.select(shipments.c.shipment_id).where(shipments.c.order_id == event.order_id)
+            )
+            if exists is not None:
+                return
+            shipment_id = f"shp_{os.urandom(8).hex()}"
+            await tx.execute(
+                shipments.insert().values(
+                    shipment_id=shipment_id,
+                    order_id=event.order_id,
+                    account_id=event.account_id,
+                    status="preparing",
+                    created_at=time.time(),
+                )
+            )
+            tx.publish(
+                ShipmentCreated(
+                    shipment_id=shipment_id, order_id=event.order_id, account_id=event.account_id
+                )
+            )

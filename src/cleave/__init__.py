@@ -1,0 +1,58 @@
+"""Cleave: write a modular monolith, deploy microservices, cleave when it pays.
+
+What a service author imports. Everything else lives in ``cleave.runtime``
+and ``cleave.transport`` (for those who extend Cleave) or in private modules.
+"""
+
+from cleave.app import App
+from cleave.context import CallContext, current, timeout
+from cleave.contracts import contract, idempotent
+from cleave.data.database import Database, Transaction
+from cleave.errors import (
+    CallError,
+    CleaveError,
+    ConfigError,
+    Conflict,
+    DeadlineExceeded,
+    DefinitionError,
+    InvalidArgument,
+    LifecycleError,
+    NotFound,
+    RemoteError,
+    ServiceError,
+    Unavailable,
+)
+from cleave.gateway.routes import Gateway
+from cleave.messages import Event, Message
+from cleave.service import Service, subscribe, use
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "CallContext",
+    "CallError",
+    "CleaveError",
+    "ConfigError",
+    "Conflict",
+    "Database",
+    "DeadlineExceeded",
+    "DefinitionError",
+    "Event",
+    "Gateway",
+    "InvalidArgument",
+    "LifecycleError",
+    "Message",
+    "NotFound",
+    "RemoteError",
+    "Service",
+    "ServiceError",
+    "Transaction",
+    "Unavailable",
+    "contract",
+    "current",
+    "idempotent",
+    "subscribe",
+    "timeout",
+    "use",
+]

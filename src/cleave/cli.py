@@ -1,0 +1,187 @@
+"""The ``cleave`` command.
+
+::
+
+    cleave run [APP] [--port 8000]            all services and the gateway in one process
+    cleave up [APP] [--port 8000] [--detach]  one process per service group, over NATS
+    cleave ps [APP] [--json]                  the processes of a running `cleave up`
+    cleave down [APP]                         stop a running `cleave up`
+
+APP is the app's folder (holding cleave.toml); left out, the current folder
+or the nearest one above it with a cleave.toml.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cleave.app import LoadedApp, load
+from cleave.errors import CleaveError
+
+app = typer.Typer(
+    name="cleave",
+    help="Write a modular monolith. Deploy microservices. Cleave when it pays.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+AppArg = Annotated[
+    str | None, typer.Argument(help="The app's folder (default: found from the current folder).")
+]
+PortOpt = Annotated[
+    int | None, typer.Option("--port", "-p", help="Gateway port (default 8000, or cleave.toml).")
+]
+StateOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir", help="Where data, logs and run files go (default APP/.cleave).", hidden=True
+    ),
+]
+
+
+def _load(path: str | None, state_dir: Path | None) -> LoadedApp:
+    try:
+        return load(path, state_dir=state_dir)
+    except CleaveError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def run(
+    path: AppArg = None,
+    port: PortOpt = None,
+    host: Annotated[str | None, typer.Option(help="Gateway address.")] = None,
+    state_dir: StateOpt = None,
+) -> None:
+    """Run the app as a modular monolith: every service and the gateway in one process."""
+    from cleave.runtime import monolith
+
+    loaded = _load(path, state_dir)
+    gw = loaded.plan.gateway
+
+    def ready(url: str) -> None:
+        names = ", ".join(loaded.app.services)
+        console.print(f"[bold green]{loaded.app.name}[/] running as a monolith ({names})")
+        if url:
+            console.print(f"gateway: [bold]{url}[/]   (Ctrl-C to stop)", highlight=False)
+
+    try:
+        asyncio.run(
+            monolith.run(
+                loaded, host=host or gw.host, port=gw.port if port is None else port, on_ready=ready
+            )
+        )
+    except CleaveError as exc:
+        _fail(str(exc))
+    console.print("stopped")
+
+
+@app.command()
+def up(
+    path: AppArg = None,
+    port: PortOpt = None,
+    detach: Annotated[
+        bool, typer.Option("--detach", "-d", help="Start in the background and return.")
+    ] = False,
+    state_dir: StateOpt = None,
+) -> None:
+    """Run the app as processes: an embedded NATS, one worker per service group, the gateway."""
+    from cleave.runtime import supervisor
+
+    loaded = _load(path, state_dir)
+    try:
+        if detach:
+            url = supervisor.start_detached(loaded, port=port)
+            console.print(
+                f"[bold green]{loaded.app.name}[/] is up: gateway [bold]{url}[/]", highlight=False
+            )
+            console.print(f"stop it with: cleave down {loaded.root}", highlight=False)
+            return
+        code = asyncio.run(supervisor.run(loaded, port=port, console=console))
+    except CleaveError as exc:
+        _fail(str(exc))
+    raise typer.Exit(code)
+
+
+@app.command()
+def ps(
+    path: AppArg = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    state_dir: StateOpt = None,
+) -> None:
+    """List the processes of a running `cleave up`."""
+    from cleave.runtime import control
+
+    loaded = _load(path, state_dir)
+    try:
+        rows: list[dict[str, Any]] = control.request(loaded, "GET", "/api/ps")["processes"]
+    except CleaveError as exc:
+        _fail(str(exc))
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    table = Table(title=f"{loaded.app.name}: {len(rows)} processes", title_justify="left")
+    for col in ("service", "replica", "pid", "group", "status", "uptime", "restarts"):
+        table.add_column(col, justify="right" if col in ("replica", "pid", "restarts") else "left")
+    for r in rows:
+        status = r["status"]
+        color = {"ready": "green", "starting": "yellow", "restarting": "yellow"}.get(status, "red")
+        table.add_row(
+            r["service"],
+            str(r["replica"]),
+            str(r["pid"] or "-"),
+            r["group"],
+            f"[{color}]{status}[/]",
+            _uptime(r["uptime_s"]),
+            str(r["restarts"]),
+        )
+    console.print(table)
+
+
+@app.command()
+def down(path: AppArg = None, state_dir: StateOpt = None) -> None:
+    """Stop a running `cleave up`: the gateway, the workers, then NATS."""
+    from cleave.runtime import control
+
+    loaded = _load(path, state_dir)
+    try:
+        stopped = control.stop(loaded)
+    except CleaveError as exc:
+        _fail(str(exc))
+    console.print(f"{loaded.app.name}: {'stopped' if stopped else 'was not running'}")
+
+
+def _uptime(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

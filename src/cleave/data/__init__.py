@@ -1,0 +1,1 @@
+"""A service's data: its database, outbox, inbox and sagas."""

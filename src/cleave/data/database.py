@@ -1,0 +1,328 @@
+"""A service's own database: SQLAlchemy 2 async, SQLite by default, PostgreSQL by URL.
+
+Declared once on the service class with the service's tables::
+
+    metadata = sa.MetaData()
+    accounts = sa.Table("accounts", metadata, ...)
+
+    class BillingService(cleave.Service, implements=Billing):
+        db = cleave.Database(metadata)
+
+        async def charge(self, req: Charge) -> Receipt:
+            async with self.db.transaction() as tx:
+                await tx.execute(accounts.update()...)
+                tx.publish(PaymentCaptured(...))       # outbox row, same commit
+
+The runtime binds a started copy to each service instance (``bind()`` then
+``start()``); the class attribute itself is only a declaration.
+
+Transactions nest by joining: inside an open transaction of the same database
+(yours, or one the framework opened around an event handler or an idempotent
+method), ``transaction()`` returns that one and does not commit on exit, so
+the whole unit commits once, with its inbox or idempotency record.
+
+SQLite: WAL journal, ``BEGIN IMMEDIATE`` for write transactions and one writer
+at a time per process (an asyncio lock), so concurrent coroutines queue
+instead of failing with "database is locked"; replicas in other processes
+wait on SQLite's busy timeout. A committed transaction survives a killed
+process (WAL with ``synchronous=NORMAL``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, overload
+
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from cleave.data import schema
+from cleave.errors import ConfigError, DefinitionError, LifecycleError
+from cleave.messages import to_msgpack
+
+if TYPE_CHECKING:
+    from cleave.messages import Event
+
+__all__ = ["Database", "Transaction", "default_url"]
+
+_ambient: ContextVar[Transaction | None] = ContextVar("cleave_tx", default=None)
+
+
+def default_url(data_dir: Path, service: str) -> str:
+    """The SQLite file a service uses when cleave.toml gives no URL."""
+    return f"sqlite+aiosqlite:///{data_dir / f'{service}.db'}"
+
+
+class Transaction:
+    """An open transaction on a service's database.
+
+    ``execute`` runs SQLAlchemy statements; ``publish`` stages an event that
+    is written to the outbox in the same commit.
+    """
+
+    __slots__ = ("_events", "closed", "connection", "db", "readonly")
+
+    def __init__(self, db: Database, connection: AsyncConnection, readonly: bool) -> None:
+        self.db = db
+        self.connection = connection
+        self.readonly = readonly
+        self.closed = False
+        self._events: list[dict[str, Any]] = []
+
+    async def execute(self, statement: Any, parameters: Any = None) -> sa.CursorResult[Any]:
+        """Execute a SQLAlchemy statement (Core) in this transaction."""
+        result: sa.CursorResult[Any] = await self.connection.execute(statement, parameters)
+        return result
+
+    async def scalar(self, statement: Any, parameters: Any = None) -> Any:
+        """Execute and return the first column of the first row, or None."""
+        return await self.connection.scalar(statement, parameters)
+
+    def publish(self, event: Event) -> None:
+        """Stage ``event`` for the outbox; it is written when this transaction commits."""
+        if self.readonly:
+            raise LifecycleError("cannot publish from a read-only transaction; use transaction()")
+        subject = self.db.event_subject(type(event))
+        from cleave import context  # local: keeps the data layer import-light
+
+        ctx = context.current()
+        self._events.append(
+            {
+                "event_id": os.urandom(12).hex(),
+                "subject": subject,
+                "payload": to_msgpack(event),
+                "traceparent": ctx.traceparent if ctx is not None else "",
+                "created_at": time.time(),
+            }
+        )
+
+    async def _flush_outbox(self) -> bool:
+        if not self._events:
+            return False
+        await self.connection.execute(schema.outbox.insert(), self._events)
+        self._events = []
+        return True
+
+
+class Database:
+    """A service's database: declaration on the class, bound and started per instance."""
+
+    def __init__(self, metadata: sa.MetaData | None = None) -> None:
+        self.metadata = metadata if metadata is not None else sa.MetaData()
+        self.service = ""
+        self.url = ""
+        self.attr = "db"
+        self._engine: AsyncEngine | None = None
+        self._write_lock: asyncio.Lock | None = None
+        self._event_subjects: dict[type, str] = {}
+        self._committed_events: list[Callable[[], None]] = []
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.attr = name
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> Database: ...
+    @overload
+    def __get__(self, obj: object, owner: type) -> Database: ...
+    def __get__(self, obj: object | None, owner: type) -> Database:
+        if obj is None:
+            return self
+        raise LifecycleError(
+            f"{owner.__name__}.{self.attr} is not bound to a database: the service is not "
+            "running in a Cleave host. In a unit test, use cleave.testing.build("
+            f"{owner.__name__}) which gives it a fresh SQLite database"
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def bind(self, service: str, url: str, event_subjects: dict[type, str]) -> Database:
+        """A copy of this declaration for one running service, not yet started."""
+        bound = Database(self.metadata)
+        bound.attr = self.attr
+        bound.service = service
+        bound.url = url
+        bound._event_subjects = event_subjects
+        return bound
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite")
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise LifecycleError(f"database of {self.service or 'an unbound service'} not started")
+        return self._engine
+
+    async def start(self) -> None:
+        """Connect, and create the service's and Cleave's tables if missing."""
+        if self._engine is not None:
+            raise LifecycleError(f"database of {self.service} already started")
+        if not self.url:
+            raise LifecycleError("Database.start() on an unbound declaration; call bind() first")
+        try:
+            url = make_url(self.url)
+        except sa.exc.ArgumentError as exc:
+            raise ConfigError(f"database URL of {self.service} is not valid: {self.url!r}") from exc
+        if url.get_backend_name() == "sqlite":
+            self._engine = _sqlite_engine(url)
+            self._write_lock = asyncio.Lock()
+        elif url.get_backend_name() == "postgresql":
+            await _ensure_pg_database(url)
+            self._engine = create_async_engine(url, pool_size=10, max_overflow=10)
+        else:
+            raise ConfigError(
+                f"database URL of {self.service} uses {url.get_backend_name()!r}; Cleave supports "
+                "sqlite+aiosqlite:/// and postgresql+asyncpg://"
+            )
+        await self._create_schema()
+
+    async def _create_schema(self) -> None:
+        conflicts = set(self.metadata.tables) & set(schema.metadata.tables)
+        if conflicts:
+            raise DefinitionError(
+                f"{self.service}: table names {sorted(conflicts)} are reserved for Cleave"
+            )
+        # Replicas may start together: creating tables is idempotent, but two
+        # processes can still race between "check" and "create".
+        for attempt in range(5):
+            try:
+                async with self.engine.begin() as conn:
+                    await conn.run_sync(schema.metadata.create_all)
+                    await conn.run_sync(self.metadata.create_all)
+                return
+            except sa.exc.DBAPIError:
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
+
+    async def stop(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    # -- transactions ------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """A write transaction: commits when the block ends, rolls back on an exception."""
+        outer = _ambient.get()
+        if outer is not None and outer.db is self and not outer.closed and not outer.readonly:
+            yield outer
+            return
+        if self._write_lock is not None:
+            async with self._write_lock, self._open(readonly=False) as tx:
+                yield tx
+        else:
+            async with self._open(readonly=False) as tx:
+                yield tx
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[Transaction]:
+        """A read-only transaction: a consistent snapshot, never blocks writers on SQLite."""
+        outer = _ambient.get()
+        if outer is not None and outer.db is self and not outer.closed:
+            yield outer
+            return
+        async with self._open(readonly=True) as tx:
+            yield tx
+
+    @asynccontextmanager
+    async def _open(self, readonly: bool) -> AsyncIterator[Transaction]:
+        conn = await self.engine.connect()
+        try:
+            if not readonly:
+                await conn.execution_options(cleave_write=True)
+            await conn.begin()
+            tx = Transaction(self, conn, readonly)
+            token = _ambient.set(tx)
+            try:
+                yield tx
+                wrote_events = await tx._flush_outbox()
+                await conn.commit()
+            except BaseException:
+                tx.closed = True
+                await conn.rollback()
+                raise
+            finally:
+                tx.closed = True
+                _ambient.reset(token)
+        finally:
+            await conn.close()
+        if wrote_events:
+            for notify in self._committed_events:
+                notify()
+
+    # -- outbox plumbing ---------------------------------------------------------------------
+
+    def event_subject(self, event_type: type) -> str:
+        subject = self._event_subjects.get(event_type)
+        if subject is None:
+            raise DefinitionError(
+                f"{self.service} publishes {event_type.__name__}, which its contract does not "
+                f"declare; add it to @cleave.contract({self.service!r}, events=[...])"
+            )
+        return subject
+
+    def on_events_committed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after every commit that wrote outbox rows (wakes the relay)."""
+        self._committed_events.append(callback)
+
+
+def _sqlite_engine(url: sa.URL) -> AsyncEngine:
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url, connect_args={"timeout": 30}, pool_size=8, max_overflow=4)
+
+    @sa_event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take over BEGIN from the driver, so write transactions can say IMMEDIATE.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @sa_event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        write = conn.get_execution_options().get("cleave_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+async def _ensure_pg_database(url: sa.URL) -> None:
+    """Create the service's PostgreSQL database if it does not exist yet."""
+    name = url.database
+    if not name:
+        raise ConfigError(f"PostgreSQL URL {url.render_as_string()!r} names no database")
+    admin = create_async_engine(
+        url.set(database="postgres"), isolation_level="AUTOCOMMIT", pool_size=1
+    )
+    try:
+        async with admin.connect() as conn:
+            exists = await conn.scalar(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+            )
+            if not exists:
+                # A replica starting at the same moment may create it first.
+                with contextlib.suppress(sa.exc.ProgrammingError):
+                    await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot reach PostgreSQL at {url.host}:{url.port or 5432} ({exc}); start it or fix "
+            "the database URL in cleave.toml"
+        ) from exc
+    finally:
+        await admin.dispose()

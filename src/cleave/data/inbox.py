@@ -1,0 +1,149 @@
+"""The inbox: each event changes a consumer's state once, however often it arrives.
+
+A delivery is handled in one transaction of the consumer's database that
+first records ``(consumer, event id)`` in ``cleave_inbox`` and then runs the
+handler (whose own ``db.transaction()`` joins it). A duplicate, a redelivery
+after a crash, or a replay finds the record, is acknowledged and skipped. The
+guarantee lives in the database; the broker's short duplicate window is not
+relied on.
+
+A failing handler rolls back and the delivery is retried with backoff; after
+``max_deliver`` attempts (or at once, for a message that cannot be decoded)
+it is dead-lettered and acknowledged, so one poison event cannot stall the
+consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import sqlalchemy as sa
+import structlog
+
+from cleave.context import CallContext, _current
+from cleave.data import schema
+from cleave.messages import Event, from_msgpack
+
+if TYPE_CHECKING:
+    from cleave.data.database import Database
+    from cleave.transport.base import Broker, ConsumerPolicy
+    from cleave.types import Delivery
+
+__all__ = ["EventConsumer"]
+
+log = structlog.get_logger("cleave.inbox")
+
+
+class EventConsumer:
+    """Delivers one event type to one handler of one service, effectively once."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        name: str,
+        event: type[Event],
+        handler: Callable[[Any], Awaitable[None]],
+        db: Database,
+        broker: Broker,
+        policy: ConsumerPolicy,
+        timeout: float,
+    ) -> None:
+        self.service = service
+        self.name = name  # the durable consumer's name, unique per service and handler
+        self.event = event
+        self.handler = handler
+        self.db = db
+        self.broker = broker
+        self.policy = policy
+        self.timeout = timeout
+        self.processed = 0
+        self.duplicates = 0
+        self.failures = 0
+        self.dead_lettered = 0
+
+    async def deliver(self, delivery: Delivery) -> None:
+        """Handle one delivery and settle it."""
+        try:
+            event = from_msgpack(delivery.data, self.event)
+        except msgspec.DecodeError as exc:
+            await self._dead_letter(delivery, f"cannot decode {self.event.__name__}: {exc}")
+            return
+        try:
+            fresh = await self._handle(delivery, event)
+        except Exception as exc:
+            self.failures += 1
+            error = f"{type(exc).__name__}: {exc}"
+            if delivery.attempt >= self.policy.max_deliver:
+                await self._dead_letter(delivery, error)
+                return
+            delay = self.policy.delay(delivery.attempt)
+            log.warning(
+                "event handler failed; will retry",
+                consumer=self.name,
+                event_id=delivery.msg_id,
+                attempt=delivery.attempt,
+                error=error,
+                retry_in=delay,
+            )
+            await delivery.nak(delay)
+            return
+        if fresh:
+            self.processed += 1
+        else:
+            self.duplicates += 1
+        await delivery.ack()
+
+    async def _handle(self, delivery: Delivery, event: Event) -> bool:
+        inbox = schema.inbox
+        ctx = CallContext(
+            time.time() + self.timeout,
+            f"evt-{delivery.msg_id}",
+            self.service,
+            delivery.headers.get("traceparent", ""),
+        )
+        token = _current.set(ctx)
+        try:
+            async with asyncio.timeout(self.timeout), self.db.transaction() as tx:
+                seen = await tx.scalar(
+                    sa.select(inbox.c.processed_at)
+                    .where(inbox.c.consumer == self.name)
+                    .where(inbox.c.event_id == delivery.msg_id)
+                )
+                if seen is not None:
+                    return False
+                await tx.execute(
+                    inbox.insert().values(
+                        consumer=self.name, event_id=delivery.msg_id, processed_at=time.time()
+                    )
+                )
+                await self.handler(event)
+            return True
+        finally:
+            _current.reset(token)
+
+    async def _dead_letter(self, delivery: Delivery, error: str) -> None:
+        self.dead_lettered += 1
+        log.error(
+            "event dead-lettered",
+            consumer=self.name,
+            event_id=delivery.msg_id,
+            attempts=delivery.attempt,
+            error=error,
+        )
+        await self.broker.dead_letter(
+            f"cleave.dlq.{self.service}.{self.name}",
+            delivery.data,
+            {
+                "Cleave-Consumer": self.name,
+                "Cleave-Subject": delivery.subject,
+                "Cleave-Event-Id": delivery.msg_id,
+                "Cleave-Attempts": str(delivery.attempt),
+                "Cleave-Error": error[:1000],
+            },
+        )
+        await delivery.term()

@@ -1,0 +1,180 @@
+"""The transactional outbox relay: committed events reach the broker, in order, once acked.
+
+``tx.publish(event)`` writes a row to ``cleave_outbox`` in the business
+transaction. The relay reads rows in commit order, publishes them (message id
+= event id, so the broker drops a re-send inside its duplicate window),
+waits for the broker's acknowledgement, and only then deletes them. A crash
+anywhere in between re-sends the rows on restart; consumers' inboxes make
+that harmless.
+
+Replicas of a service share one database, so only one relay may run per
+database: it holds a lease row in ``cleave_leases`` and renews it while it
+works; if its process dies, another replica takes over when the lease ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+import structlog
+
+from cleave.data import schema
+from cleave.transport.base import Outgoing
+
+if TYPE_CHECKING:
+    from cleave.data.database import Database
+    from cleave.transport.base import Broker
+
+__all__ = ["OutboxRelay"]
+
+log = structlog.get_logger("cleave.outbox")
+
+
+class OutboxRelay:
+    """Moves one service's outbox rows to the broker."""
+
+    def __init__(
+        self,
+        db: Database,
+        broker: Broker,
+        *,
+        holder: str,
+        batch: int = 256,
+        poll: float = 1.0,
+        lease_ttl: float = 5.0,
+    ) -> None:
+        self.db = db
+        self.broker = broker
+        self.holder = holder
+        self.batch = batch
+        self.poll = poll
+        self.lease_ttl = lease_ttl
+        self.published = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._lease_until = 0.0
+        db.on_events_committed(self._wake.set)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._lease_until > time.time():
+            with contextlib.suppress(Exception):
+                await self._release()
+
+    async def backlog(self) -> int:
+        """Rows waiting to be relayed."""
+        async with self.db.read() as tx:
+            count = await tx.scalar(sa.select(sa.func.count()).select_from(schema.outbox))
+        return int(count or 0)
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                if not await self._hold_lease():
+                    await asyncio.sleep(self.lease_ttl / 3)
+                    continue
+                moved = await self.relay_once()
+                failures = 0
+                if moved:
+                    continue
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # The broker or the database is unreachable: keep the rows, retry with backoff.
+                failures += 1
+                delay = min(5.0, 0.1 * 2 ** min(failures, 6))
+                log.warning(
+                    "outbox relay failed; retrying",
+                    service=self.db.service,
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in=delay,
+                )
+                await asyncio.sleep(delay)
+
+    async def relay_once(self) -> int:
+        """Publish one batch of rows; return how many moved."""
+        table = schema.outbox
+        async with self.db.read() as tx:
+            rows = (
+                await tx.execute(
+                    sa.select(
+                        table.c.seq,
+                        table.c.event_id,
+                        table.c.subject,
+                        table.c.payload,
+                        table.c.traceparent,
+                    )
+                    .order_by(table.c.seq)
+                    .limit(self.batch)
+                )
+            ).all()
+        if not rows:
+            return 0
+        await self.broker.publish(
+            [
+                Outgoing(
+                    subject=r.subject,
+                    data=r.payload,
+                    msg_id=r.event_id,
+                    headers={"traceparent": r.traceparent} if r.traceparent else {},
+                )
+                for r in rows
+            ]
+        )
+        async with self.db.transaction() as tx:
+            await tx.execute(table.delete().where(table.c.seq.in_([r.seq for r in rows])))
+        self.published += len(rows)
+        return len(rows)
+
+    async def _hold_lease(self) -> bool:
+        now = time.time()
+        if self._lease_until - now > self.lease_ttl / 2:
+            return True
+        leases = schema.leases
+        until = now + self.lease_ttl
+        async with self.db.transaction() as tx:
+            updated = await tx.execute(
+                leases.update()
+                .where(leases.c.name == "outbox-relay")
+                .where(sa.or_(leases.c.holder == self.holder, leases.c.expires_at < now))
+                .values(holder=self.holder, expires_at=until)
+            )
+            if updated.rowcount == 0:
+                exists = await tx.scalar(
+                    sa.select(leases.c.holder).where(leases.c.name == "outbox-relay")
+                )
+                if exists is not None:
+                    return False
+                await tx.execute(
+                    leases.insert().values(
+                        name="outbox-relay", holder=self.holder, expires_at=until
+                    )
+                )
+        self._lease_until = until
+        return True
+
+    async def _release(self) -> None:
+        leases = schema.leases
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                leases.update()
+                .where(leases.c.name == "outbox-relay")
+                .where(leases.c.holder == self.holder)
+                .values(expires_at=0.0)
+            )
+        self._lease_until = 0.0

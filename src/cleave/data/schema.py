@@ -1,0 +1,75 @@
+"""The tables Cleave keeps in every service's own database.
+
+They live beside the service's tables so that a state change, the events it
+publishes, the events it has consumed and the results of idempotent calls
+commit (or roll back) together.
+
+- ``cleave_outbox``: events written in a business transaction, waiting to be
+  relayed to the broker; a row is deleted once the broker acknowledged it.
+- ``cleave_inbox``: ids of events a handler has processed, per consumer.
+- ``cleave_idempotency``: results of idempotent methods, per request id.
+- ``cleave_sagas``: state of sagas this service orchestrates.
+- ``cleave_leases``: which replica runs a singleton job (the outbox relay).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+__all__ = ["idempotency", "inbox", "leases", "metadata", "outbox", "sagas"]
+
+metadata = sa.MetaData()
+
+outbox = sa.Table(
+    "cleave_outbox",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("subject", sa.String(255), nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("traceparent", sa.String(64), nullable=False, default=""),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+inbox = sa.Table(
+    "cleave_inbox",
+    metadata,
+    sa.Column("consumer", sa.String(128), primary_key=True),
+    sa.Column("event_id", sa.String(64), primary_key=True),
+    sa.Column("processed_at", sa.Float, nullable=False, index=True),
+)
+
+idempotency = sa.Table(
+    "cleave_idempotency",
+    metadata,
+    sa.Column("request_id", sa.String(255), primary_key=True),
+    sa.Column("method", sa.String(128), nullable=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    # 0: the result is a response message; 1: it is an error (ErrorInfo).
+    sa.Column("is_error", sa.Integer, nullable=False),
+    sa.Column("result", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False, index=True),
+)
+
+sagas = sa.Table(
+    "cleave_sagas",
+    metadata,
+    sa.Column("saga_id", sa.String(128), primary_key=True),
+    sa.Column("kind", sa.String(128), nullable=False),
+    sa.Column("state", sa.String(32), nullable=False, index=True),
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("error", sa.Text, nullable=False, default=""),
+    sa.Column("next_attempt_at", sa.Float, nullable=False, index=True),
+    sa.Column("deadline_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+leases = sa.Table(
+    "cleave_leases",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("holder", sa.String(128), nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)

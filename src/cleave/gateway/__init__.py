@@ -1,0 +1,1 @@
+"""The HTTP edge: public routes mapped onto contract calls."""

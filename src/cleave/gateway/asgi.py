@@ -1,0 +1,226 @@
+"""The gateway as an ASGI app (Starlette): HTTP in, contract calls out, JSON back.
+
+Every answer is JSON, errors included: ``{"error": {"kind", "message",
+"request_id"}}``. Input problems are 4xx with a message that names the
+field; no input produces a 500 or a traceback. Each request is the edge of a
+call tree: it gets a deadline (the app's timeout), a request id (from
+``Idempotency-Key`` when the route honours it, so a repeat is the same call)
+and a trace parent (``traceparent`` header, if any).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route as StarletteRoute
+
+from cleave.context import CallContext, _current, new_request_id
+from cleave.errors import CallError, DeadlineExceeded, RemoteError, Unavailable
+from cleave.gateway.openapi import openapi
+from cleave.gateway.routes import Gateway, Route
+from cleave.messages import to_json
+from cleave.runtime.router import Router
+
+__all__ = ["MAX_BODY", "build_asgi"]
+
+log = structlog.get_logger("cleave.gateway")
+
+MAX_BODY = 1 << 20
+_JSON = "application/json"
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.message = message
+
+
+def _error(
+    status: int, kind: str, message: str, request_id: str, headers: dict[str, str] | None = None
+) -> Response:
+    body = to_json({"error": {"kind": kind, "message": message, "request_id": request_id}})
+    return Response(body, status, headers=headers, media_type=_JSON)
+
+
+def _request_id(request: Request, route: Route) -> str:
+    if route.idempotency_key:
+        key = request.headers.get("idempotency-key")
+        if key is not None:
+            if not 0 < len(key) <= 255 or not key.isprintable():
+                raise _BadRequest(
+                    400,
+                    "InvalidArgument",
+                    "Idempotency-Key must be 1 to 255 printable characters",
+                )
+            return f"idem:{route.name}:{key}"
+    return new_request_id()
+
+
+async def _decode(request: Request, route: Route) -> Any:
+    data: dict[str, Any] = {}
+    if route.has_body:
+        body = await _read_body(request)
+        if not body.strip():
+            raise _BadRequest(
+                422,
+                "InvalidArgument",
+                f"the request body is empty; send a JSON object ({route.method.request.__name__})",
+            )
+        try:
+            parsed = msgspec.json.decode(body)
+        except msgspec.DecodeError as exc:
+            raise _BadRequest(
+                400, "InvalidJSON", f"the request body is not valid JSON: {exc}"
+            ) from None
+        if not isinstance(parsed, dict):
+            raise _BadRequest(
+                422,
+                "InvalidArgument",
+                f"the request body must be a JSON object, got {type(parsed).__name__}",
+            )
+        data = parsed
+    for name in route.path_params:
+        data[name] = _param(route, name, request.path_params[name], "path parameter")
+    for name in route.query_params:
+        value = request.query_params.get(name)
+        if value is not None:
+            data[name] = _param(route, name, value, "query parameter")
+    try:
+        return msgspec.convert(data, route.method.request)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        if not route.has_body and "missing required field" in text:
+            text = text.replace("Object missing required field", "missing query parameter")
+        raise _BadRequest(422, "InvalidArgument", text) from None
+
+
+def _param(route: Route, name: str, value: str, where: str) -> Any:
+    field = route.fields[name]
+    try:
+        return msgspec.convert(value, field.type, strict=False)
+    except msgspec.ValidationError as exc:
+        raise _BadRequest(422, "InvalidArgument", f"{where} `{name}`: {exc}") from None
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        raise _BadRequest(413, "TooLarge", f"the request body is over {MAX_BODY} bytes")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise _BadRequest(413, "TooLarge", f"the request body is over {MAX_BODY} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _endpoint(
+    route: Route, router: Router, timeout: float
+) -> Callable[[Request], Awaitable[Response]]:
+    method = route.method
+
+    async def endpoint(request: Request) -> Response:
+        request_id = ""
+        try:
+            request_id = _request_id(request, route)
+            message = await _decode(request, route)
+            ctx = CallContext(
+                time.time() + timeout,
+                request_id,
+                "gateway",
+                request.headers.get("traceparent", ""),
+            )
+            token = _current.set(ctx)
+            try:
+                async with asyncio.timeout(timeout):
+                    result = await router.call(method, message, "gateway")
+            finally:
+                _current.reset(token)
+            body = to_json(getattr(result, route.unwrap) if route.unwrap else result)
+            return Response(
+                body,
+                route.status_for(result),
+                media_type=_JSON,
+                headers={"x-request-id": request_id},
+            )
+        except _BadRequest as exc:
+            return _error(exc.status, exc.kind, exc.message, request_id)
+        except TimeoutError:
+            return _error(
+                504,
+                DeadlineExceeded.kind,
+                f"{method.qualname} did not finish within {timeout:g}s; it may still complete",
+                request_id,
+            )
+        except CallError as exc:
+            return _call_error(exc, request_id)
+        except Exception:
+            log.exception("gateway error", route=route.name, request_id=request_id)
+            return _error(500, "Internal", f"internal error (request id {request_id})", request_id)
+
+    endpoint.__name__ = f"{method.contract.name}_{method.name}"
+    return endpoint
+
+
+def _call_error(exc: CallError, request_id: str) -> Response:
+    headers = None
+    if isinstance(exc, Unavailable):
+        headers = {"retry-after": str(max(1, round(exc.retry_after or 1)))}
+    if isinstance(exc, RemoteError):
+        # The remote message may hold internals; the logs of the service have it.
+        log.warning("remote error", error=str(exc), request_id=request_id)
+        message = (
+            f"{exc.origin or 'a service'} failed ({exc.remote_kind or 'error'}); "
+            f"see its logs for request id {request_id}"
+        )
+        return _error(exc.http_status, exc.kind, message, request_id)
+    return _error(exc.http_status, exc.kind, exc.message or exc.kind, request_id, headers)
+
+
+def build_asgi(gateway: Gateway, router: Router, *, timeout: float, app_name: str) -> Starlette:
+    """The gateway's Starlette app, calling contract methods through ``router``."""
+    document = to_json(openapi(gateway, title=app_name))
+    routes = [
+        StarletteRoute(r.path, _endpoint(r, router, timeout), methods=[r.http_method])
+        for r in gateway.routes
+    ]
+
+    async def openapi_json(request: Request) -> Response:
+        return Response(document, media_type=_JSON)
+
+    async def healthz(request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type=_JSON)
+
+    routes.append(StarletteRoute("/openapi.json", openapi_json, methods=["GET"]))
+    routes.append(StarletteRoute("/healthz", healthz, methods=["GET"]))
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        kind = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
+        message = {
+            404: f"no route for {request.method} {request.url.path}; see /openapi.json",
+            405: f"{request.method} is not allowed on {request.url.path}",
+        }.get(exc.status_code, str(exc.detail))
+        return _error(exc.status_code, kind, message, "", dict(exc.headers or {}))
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled gateway error", path=request.url.path)
+        return _error(500, "Internal", "internal error", "")
+
+    return Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+    )

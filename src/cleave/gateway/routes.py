@@ -1,0 +1,156 @@
+"""The app's public HTTP API, declared as routes onto contract methods.
+
+::
+
+    gateway = cleave.Gateway(title="Shop", version="1.0.0")
+    gateway.get("/v1/products/{sku}", Catalog.get_product)
+    gateway.get("/v1/products", Catalog.list_products, unwrap="products")
+    gateway.post("/v1/orders", Orders.place_order, status=201, idempotency_key=True)
+
+The request message is filled from the path parameters, the query string
+(for fields not in the path) and, for POST/PUT/PATCH, the JSON body; it is
+then validated against the message type, so a bad field is answered with
+422 and a message naming it (``$.items[0].qty``). The response message is
+sent as JSON, or one of its fields with ``unwrap=``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from cleave.contracts import ContractSpec, MethodSpec, method_of
+from cleave.errors import DefinitionError
+from cleave.messages import Message
+
+__all__ = ["Gateway", "Route"]
+
+_PARAM = re.compile(r"{([a-zA-Z_][a-zA-Z0-9_]*)}")
+_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+
+#: A fixed status code, or one computed from the response message.
+Status = int | Callable[[Any], int]
+
+
+class Route:
+    """One HTTP route onto one contract method."""
+
+    def __init__(
+        self,
+        http_method: str,
+        path: str,
+        method: MethodSpec,
+        *,
+        status: Status,
+        unwrap: str | None,
+        idempotency_key: bool,
+        summary: str,
+        statuses: tuple[int, ...] = (),
+    ) -> None:
+        self.http_method = http_method
+        self.path = path
+        self.method = method
+        self.status = status
+        if callable(status) and not statuses:
+            raise DefinitionError(
+                f"route {http_method} {path}: a computed status needs statuses=(...) listing the "
+                "codes it can return, for the OpenAPI document"
+            )
+        self.statuses = (status,) if isinstance(status, int) else statuses
+        self.unwrap = unwrap
+        self.idempotency_key = idempotency_key
+        self.summary = summary
+        self.path_params = tuple(_PARAM.findall(path))
+        self.has_body = http_method in _WITH_BODY
+        fields = {f.name: f for f in msgspec.structs.fields(method.request)}
+        self.fields = fields
+        for p in self.path_params:
+            if p not in fields:
+                raise DefinitionError(
+                    f"route {http_method} {path}: path parameter {{{p}}} is not a field of "
+                    f"{method.request.__name__}"
+                )
+        self.query_params = (
+            () if self.has_body else tuple(n for n in fields if n not in self.path_params)
+        )
+        if unwrap is not None and unwrap not in {
+            f.name for f in msgspec.structs.fields(method.response)
+        }:
+            raise DefinitionError(
+                f"route {http_method} {path}: unwrap={unwrap!r} is not a field of "
+                f"{method.response.__name__}"
+            )
+
+    @property
+    def name(self) -> str:
+        return f"{self.http_method} {self.path}"
+
+    def status_for(self, response: Message) -> int:
+        return self.status(response) if callable(self.status) else self.status
+
+    def __repr__(self) -> str:
+        return f"<route {self.name} -> {self.method.qualname}>"
+
+
+class Gateway:
+    """Public HTTP routes of an app, each mapped to a contract method."""
+
+    def __init__(self, *, title: str = "", version: str = "1.0.0", description: str = "") -> None:
+        self.title = title
+        self.version = version
+        self.description = description
+        self.routes: list[Route] = []
+
+    def route(
+        self,
+        http_method: str,
+        path: str,
+        call: Callable[..., Any],
+        *,
+        status: Status = 200,
+        unwrap: str | None = None,
+        idempotency_key: bool = False,
+        summary: str = "",
+        statuses: tuple[int, ...] = (),
+    ) -> Route:
+        """Map ``http_method path`` to the contract method ``call`` (e.g. ``Billing.charge``)."""
+        http_method = http_method.upper()
+        if not path.startswith("/"):
+            raise DefinitionError(f"route path {path!r} must start with '/'")
+        if any(r.http_method == http_method and r.path == path for r in self.routes):
+            raise DefinitionError(f"route {http_method} {path} is declared twice")
+        route = Route(
+            http_method,
+            path,
+            method_of(call),
+            status=status,
+            unwrap=unwrap,
+            idempotency_key=idempotency_key,
+            summary=summary or (getattr(call, "__doc__", None) or "").strip().split("\n")[0],
+            statuses=statuses,
+        )
+        self.routes.append(route)
+        return route
+
+    def get(self, path: str, call: Callable[..., Any], **options: Any) -> Route:
+        return self.route("GET", path, call, **options)
+
+    def post(self, path: str, call: Callable[..., Any], **options: Any) -> Route:
+        return self.route("POST", path, call, **options)
+
+    def put(self, path: str, call: Callable[..., Any], **options: Any) -> Route:
+        return self.route("PUT", path, call, **options)
+
+    def delete(self, path: str, call: Callable[..., Any], **options: Any) -> Route:
+        return self.route("DELETE", path, call, **options)
+
+    @property
+    def contracts(self) -> list[ContractSpec]:
+        """The contracts the gateway calls, in route order, without repeats."""
+        seen: dict[str, ContractSpec] = {}
+        for r in self.routes:
+            seen.setdefault(r.method.contract.name, r.method.contract)
+        return list(seen.values())

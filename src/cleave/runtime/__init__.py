@@ -1,0 +1,1 @@
+"""Running apps: hosts, placements, workers and the supervisor."""

@@ -1,0 +1,122 @@
+"""How commands reach a running ``cleave up``: a small HTTP API on loopback.
+
+The supervisor writes ``.cleave/run/supervisor.json`` (its pid, the control
+port, the gateway URL) and serves the API on that port; ``cleave ps`` and
+``cleave down`` read the file and call the API. If the supervisor is gone or
+does not answer, ``stop`` still makes sure no process of the app is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cleave.errors import LifecycleError
+from cleave.runtime.procs import alive, terminate
+
+if TYPE_CHECKING:
+    from cleave.app import LoadedApp
+
+__all__ = ["read_state", "request", "state_path", "stop", "write_state"]
+
+
+def state_path(loaded: LoadedApp) -> Path:
+    return loaded.run_dir / "supervisor.json"
+
+
+def write_state(loaded: LoadedApp, state: dict[str, Any]) -> None:
+    path = state_path(loaded)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(path)
+
+
+def read_state(loaded: LoadedApp) -> dict[str, Any] | None:
+    """The running supervisor's state, or None if none runs."""
+    path = state_path(loaded)
+    try:
+        state: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not alive(int(state.get("pid", 0))):
+        return None
+    return state
+
+
+def request(
+    loaded: LoadedApp, method: str, path: str, body: Any = None, timeout: float = 10.0
+) -> Any:
+    """Call the control API of the running ``cleave up`` of ``loaded``."""
+    state = read_state(loaded)
+    if state is None:
+        raise LifecycleError(
+            f"no `cleave up` is running for app {loaded.app.name} (no live supervisor in "
+            f"{loaded.run_dir}); start one with `cleave up {loaded.root}`"
+        )
+    url = f"http://127.0.0.1:{state['control_port']}{path}"
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            detail = json.loads(detail)["error"]["message"]
+        raise LifecycleError(f"cleave up of {loaded.app.name} refused: {detail}") from None
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+        raise LifecycleError(
+            f"the supervisor of {loaded.app.name} (pid {state['pid']}) does not answer on "
+            f"{url}: {exc}"
+        ) from None
+
+
+def stop(loaded: LoadedApp, timeout: float = 60.0) -> bool:
+    """Stop the running ``cleave up``; True if one was running. Leaves no process behind."""
+    state = read_state(loaded)
+    if state is None:
+        _reap_leftovers(loaded)
+        return False
+    pid = int(state["pid"])
+    try:
+        request(loaded, "POST", "/api/down")
+    except LifecycleError:
+        terminate([pid], timeout=10)
+    deadline = time.monotonic() + timeout
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if alive(pid):
+        terminate([pid], timeout=5)
+    _reap_leftovers(loaded, state)
+    return True
+
+
+def _ours(pid: int, marker: str) -> bool:
+    """Whether ``pid`` still is a process of this app (pids get reused)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return False
+    return marker in cmdline
+
+
+def _reap_leftovers(loaded: LoadedApp, state: dict[str, Any] | None = None) -> None:
+    """Kill processes a supervisor that died badly may have left (PDEATHSIG covers most)."""
+    if state is None:
+        try:
+            state = json.loads(state_path(loaded).read_text())
+        except (OSError, ValueError):
+            return
+    marker = str(loaded.state_dir)
+    pids = [int(p) for p in state.get("children", []) if alive(int(p)) and _ours(int(p), marker)]
+    if pids:
+        terminate(pids, timeout=10)
+    state_path(loaded).unlink(missing_ok=True)

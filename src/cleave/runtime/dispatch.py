@@ -1,0 +1,150 @@
+"""The callee's side of a call: run a service method in its call context.
+
+One :class:`Dispatcher` per running service instance. Every transport ends
+here, so every placement behaves alike:
+
+- the method runs with the caller's :class:`~cleave.context.CallContext` set,
+  so nested calls inherit its deadline and derive their request ids from it;
+- an error leaves as the caller will see it: typed if the contract (or
+  Cleave) allow-lists its kind, else :class:`~cleave.errors.RemoteError`;
+- a method marked ``@cleave.idempotent`` runs in one transaction that also
+  stores its result under the request id, so a retry returns the first
+  result instead of acting twice (a different request under a reused id is
+  a :class:`~cleave.errors.Conflict`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from cleave.context import CallContext, _current
+from cleave.data import schema
+from cleave.errors import (
+    CallError,
+    Conflict,
+    ErrorInfo,
+    RemoteError,
+    from_info,
+    to_info,
+)
+from cleave.messages import from_msgpack, to_msgpack
+
+if TYPE_CHECKING:
+    from cleave.contracts import MethodSpec
+    from cleave.data.database import Database
+    from cleave.messages import Message
+    from cleave.service import Service, ServiceSpec
+
+__all__ = ["Dispatcher"]
+
+
+class Dispatcher:
+    """Runs calls on one service instance."""
+
+    def __init__(
+        self,
+        spec: ServiceSpec,
+        instance: Service,
+        db: Database | None,
+        *,
+        strict: bool = False,
+    ) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.instance = instance
+        self.db = db
+        self.strict = strict
+        self.allowed = spec.contract.errors
+        self.bound: dict[str, Any] = {n: getattr(instance, n) for n in spec.contract.methods}
+
+    async def invoke(self, method: MethodSpec, request: Message, ctx: CallContext) -> Message:
+        """Run ``method`` with ``request`` under ``ctx``; raise errors as the wire would."""
+        token = _current.set(ctx)
+        try:
+            if self.strict:
+                request = from_msgpack(to_msgpack(request), method.request)
+            if method.idempotent and self.db is not None:
+                result = await self._idempotent(method, request, ctx)
+            else:
+                result = await self.bound[method.name](request)
+            if type(result) is not method.response:
+                raise TypeError(
+                    f"{method.qualname} returned {type(result).__name__}; the contract says "
+                    f"{method.response.__name__}"
+                )
+            if self.strict:
+                result = from_msgpack(to_msgpack(result), method.response)
+            return result
+        except Exception as exc:
+            raise self.as_seen_by_caller(exc, method) from exc
+        finally:
+            _current.reset(token)
+
+    def as_seen_by_caller(self, exc: BaseException, method: MethodSpec) -> CallError:
+        """``exc`` rebuilt exactly as a remote caller would rebuild it from the wire."""
+        return from_info(to_info(exc, service=self.name, method=method.name), self.allowed)
+
+    def error_info(self, exc: BaseException, method: MethodSpec) -> ErrorInfo:
+        return to_info(exc, service=self.name, method=method.name)
+
+    async def _idempotent(self, method: MethodSpec, request: Message, ctx: CallContext) -> Message:
+        assert self.db is not None
+        fingerprint = hashlib.blake2b(to_msgpack(request), digest_size=16).hexdigest()
+        table = schema.idempotency
+        async with self.db.transaction() as tx:
+            row = (
+                await tx.execute(
+                    sa.select(
+                        table.c.method, table.c.fingerprint, table.c.is_error, table.c.result
+                    ).where(table.c.request_id == ctx.request_id)
+                )
+            ).first()
+            if row is not None:
+                return self._replay(method, ctx, fingerprint, row)
+            try:
+                result = await self.bound[method.name](request)
+                is_error, payload = 0, to_msgpack(result)
+            except CallError as exc:
+                # A deliberate, typed outcome is a result too: replay it on retry.
+                # Anything else rolls back, so a retry runs the method again.
+                result = exc
+                is_error, payload = 1, to_msgpack(self.error_info(exc, method))
+            await tx.execute(
+                table.insert().values(
+                    request_id=ctx.request_id,
+                    method=method.qualname,
+                    fingerprint=fingerprint,
+                    is_error=is_error,
+                    result=payload,
+                    created_at=time.time(),
+                )
+            )
+        if isinstance(result, BaseException):
+            raise result
+        return result  # type: ignore[no-any-return]
+
+    def _replay(self, method: MethodSpec, ctx: CallContext, fingerprint: str, row: Any) -> Message:
+        stored_method, stored_fp, is_error, payload = row
+        if stored_method != method.qualname or stored_fp != fingerprint:
+            raise Conflict(
+                f"request id {ctx.request_id!r} was already used for a different request "
+                f"to {stored_method}; use a new idempotency key for a new request",
+                service=self.name,
+                method=method.name,
+            )
+        if is_error:
+            info = from_msgpack(payload, ErrorInfo)
+            raise from_info(info, self.allowed)
+        result: Message = from_msgpack(payload, method.response)
+        return result
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line description of an unexpected error, for logs."""
+    if isinstance(exc, RemoteError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,186 @@
+"""A host runs some of an app's services in this process.
+
+The monolith runs one host with every service; the processes placement runs
+one per worker with the services of its group; the gateway runs one with
+none. A host wires each service it runs: its database (bound and started),
+its clients (through this process's :class:`~cleave.runtime.router.Router`),
+its outbox relay, its event consumers, and, when a server is given, its
+remote endpoints.
+
+Start order: databases and ``on_start`` hooks (callees first), then streams
+and consumers, then relays, then endpoints, so a service takes calls only
+when it is ready. Stop runs the other way round.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from cleave.data.database import Database, default_url
+from cleave.data.inbox import EventConsumer
+from cleave.data.outbox import OutboxRelay
+from cleave.errors import LifecycleError
+from cleave.runtime.dispatch import Dispatcher
+from cleave.runtime.router import Router, make_client
+from cleave.transport.base import ConsumerPolicy
+
+if TYPE_CHECKING:
+    from cleave.app import App
+    from cleave.config import Plan
+    from cleave.service import Service
+    from cleave.transport.base import Broker, RpcClient, Subscription
+
+__all__ = ["Host", "HostState", "RpcServer"]
+
+
+class RpcServer(Protocol):
+    """Takes remote calls for the dispatchers of a host (see the NATS transport)."""
+
+    async def serve(self, dispatchers: Sequence[Dispatcher]) -> None: ...
+    async def stop(self) -> None: ...
+
+
+class HostState(enum.Enum):
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class Host:
+    """Runs the services ``names`` of ``app`` in this process."""
+
+    def __init__(
+        self,
+        app: App,
+        plan: Plan,
+        names: Sequence[str],
+        *,
+        broker: Broker,
+        data_dir: Path,
+        instance: str,
+        remote: RpcClient | None = None,
+        server: RpcServer | None = None,
+        consumer_policy: ConsumerPolicy | None = None,
+    ) -> None:
+        unknown = [n for n in names if n not in app.services]
+        if unknown:
+            raise LifecycleError(f"app {app.name} has no service {unknown[0]!r}")
+        self.app = app
+        self.plan = plan
+        self.names = [n for n in app.start_order() if n in names]
+        self.broker = broker
+        self.data_dir = data_dir
+        self.instance = instance
+        self.server = server
+        self.consumer_policy = consumer_policy or ConsumerPolicy()
+        self.router = Router(remote=remote, timeout=plan.runtime.timeout)
+        self.instances: dict[str, Service] = {}
+        self.databases: dict[str, Database] = {}
+        self.dispatchers: dict[str, Dispatcher] = {}
+        self.relays: dict[str, OutboxRelay] = {}
+        self.consumers: list[EventConsumer] = []
+        self.subscriptions: list[Subscription] = []
+        self.state = HostState.NEW
+
+    def client(self, contract: object, caller: str = "client") -> object:
+        """A client of ``contract`` calling through this host, e.g. for tests or tools."""
+        from cleave.contracts import spec_of
+
+        return make_client(spec_of(contract), self.router, caller)
+
+    async def start(self) -> None:
+        if self.state is not HostState.NEW:
+            raise LifecycleError(f"host already {self.state.value}; create a new one")
+        self.state = HostState.STARTING
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+        self.state = HostState.RUNNING
+
+    async def _start(self) -> None:
+        for name in self.names:
+            await self._start_service(name)
+        for name in self.names:
+            await self._start_events(name)
+        for relay in self.relays.values():
+            relay.start()
+        if self.server is not None:
+            await self.server.serve([self.dispatchers[n] for n in self.names])
+
+    async def _start_service(self, name: str) -> None:
+        spec = self.app.services[name]
+        instance = spec.cls()
+        db: Database | None = None
+        if spec.database is not None:
+            declared: Database = getattr(spec.cls, spec.database)
+            url = self.plan.service(name).database or default_url(self.data_dir, name)
+            subjects = {ev: spec.contract.event_subject(ev) for ev in spec.contract.events}
+            db = declared.bind(name, url, subjects)
+            await db.start()
+            self.databases[name] = db
+            instance.__dict__[spec.database] = db
+        for attr, dep in spec.dependencies.items():
+            instance.__dict__[attr] = make_client(dep, self.router, name)
+        dispatcher = Dispatcher(spec, instance, db, strict=self.plan.runtime.strict)
+        self.instances[name] = instance
+        self.dispatchers[name] = dispatcher
+        self.router.local[name] = dispatcher
+        await instance.on_start()
+
+    async def _start_events(self, name: str) -> None:
+        spec = self.app.services[name]
+        db = self.databases.get(name)
+        if spec.contract.events and db is not None:
+            subjects = [f"cleave.evt.{name}.>"]
+            await self.broker.ensure_stream(spec.contract.stream, subjects)
+            self.relays[name] = OutboxRelay(db, self.broker, holder=self.instance)
+        for sub in spec.subscriptions:
+            assert db is not None  # checked when the service was declared
+            source = self.app.event_sources[sub.event]
+            await self.broker.ensure_stream(source.stream, [f"cleave.evt.{source.name}.>"])
+            consumer = EventConsumer(
+                service=name,
+                name=f"{name}-{sub.attr}".replace("_", "-"),
+                event=sub.event,
+                handler=getattr(self.instances[name], sub.attr),
+                db=db,
+                broker=self.broker,
+                policy=self.consumer_policy,
+                timeout=self.plan.runtime.event_timeout,
+            )
+            self.consumers.append(consumer)
+            self.subscriptions.append(
+                await self.broker.subscribe(
+                    source.stream,
+                    consumer.name,
+                    source.event_subject(sub.event),
+                    consumer.deliver,
+                    self.consumer_policy,
+                )
+            )
+
+    async def stop(self) -> None:
+        """Stop taking calls and events, let work in progress finish, close databases."""
+        if self.state in (HostState.STOPPING, HostState.STOPPED):
+            return
+        self.state = HostState.STOPPING
+        if self.server is not None:
+            await self.server.stop()
+        for sub in self.subscriptions:
+            await sub.stop()
+        for relay in self.relays.values():
+            await relay.stop()
+        for name in reversed(self.names):
+            instance = self.instances.get(name)
+            if instance is not None:
+                await instance.on_stop()
+        for db in self.databases.values():
+            await db.stop()
+        self.state = HostState.STOPPED

@@ -1,0 +1,86 @@
+"""An HTTP server (uvicorn) run as a part of a bigger process, not as its owner.
+
+uvicorn normally owns the process: it installs signal handlers and exits on
+a bind error. Here the socket is bound first (so a busy port is a clear
+error, and port 0 picks a free one) and the owner of the process handles
+signals and tells the server when to stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+from cleave.errors import ConfigError
+
+__all__ = ["HttpServer", "bind"]
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the process's owner handles signals
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port``; a busy port is a ConfigError."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); is another server using it? "
+            "Pick another with --port"
+        ) from exc
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+class HttpServer:
+    """Serves an ASGI app on ``host:port`` until :meth:`stop`."""
+
+    def __init__(self, app: Any, host: str, port: int, *, sock: socket.socket | None = None):
+        self.app = app
+        self.host = host
+        self._sock = sock or bind(host, port)
+        self.port: int = self._sock.getsockname()[1]
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            http="httptools",
+            loop="none",
+            timeout_graceful_shutdown=10,
+        )
+        self._server = _Server(config)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._server.serve([self._sock]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+                raise ConfigError(f"the HTTP server on {self.url} stopped while starting")
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self._server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+        self._sock.close()

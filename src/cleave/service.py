@@ -1,0 +1,253 @@
+"""Services: plain classes that implement a contract.
+
+::
+
+    class OrdersService(cleave.Service, implements=Orders):
+        db = cleave.Database(metadata)
+        billing = cleave.use(Billing)          # typed client, declared dependency
+
+        async def place_order(self, req: PlaceOrder) -> OrderView:
+            receipt = await self.billing.charge(Charge(...))
+            ...
+
+        @cleave.subscribe(ShipmentCreated)
+        async def on_shipped(self, event: ShipmentCreated) -> None: ...
+
+Nothing here wraps a method: ``use()`` is a descriptor the runtime fills per
+instance, ``subscribe()`` only marks the function. A unit test can build the
+class, set ``billing`` to a fake and await ``place_order`` directly (see
+:mod:`cleave.testing`).
+
+The declarations (contract, dependencies, subscriptions, database) are the
+single source for the app's topology, start order and wiring; they are
+collected once into a :class:`ServiceSpec`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable
+from typing import Any, ClassVar, Generic, TypeVar, overload
+
+from cleave.contracts import ContractSpec, spec_of
+from cleave.data.database import Database
+from cleave.errors import DefinitionError, LifecycleError
+from cleave.messages import Event
+
+__all__ = [
+    "Service",
+    "ServiceSpec",
+    "Subscription",
+    "Use",
+    "spec_of_service",
+    "subscribe",
+    "use",
+]
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+_SUBSCRIBE_ATTR = "__cleave_subscribe__"
+
+
+class Use(Generic[T]):
+    """A declared dependency on another service's contract (see :func:`use`)."""
+
+    def __init__(self, contract: Any) -> None:
+        self.contract = spec_of(contract)
+        self.attr = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.attr = name
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> Use[T]: ...
+    @overload
+    def __get__(self, obj: object, owner: type) -> T: ...
+    def __get__(self, obj: object | None, owner: type) -> T | Use[T]:
+        if obj is None:
+            return self
+        # The runtime stores the bound client in the instance __dict__, which
+        # shadows this (non-data) descriptor; reaching here means it did not.
+        raise LifecycleError(
+            f"{owner.__name__}.{self.attr} (a client of {self.contract.name}) is not bound: "
+            "the service is not running in a Cleave host. In a unit test, use "
+            f"cleave.testing.build({owner.__name__}, {self.attr}=<fake>)"
+        )
+
+
+def use(contract: Callable[..., T]) -> Use[T]:
+    """Declare that a service calls ``contract``; on an instance it is a typed client.
+
+    ::
+
+        billing = cleave.use(Billing)
+        ...
+        receipt = await self.billing.charge(Charge(...))
+    """
+    return Use(contract)
+
+
+def subscribe(event: type[Event], *, source: Any = None) -> Callable[[F], F]:
+    """Mark ``async def handler(self, event)`` as the consumer of ``event``.
+
+    ``source`` names the publishing contract when more than one in the app
+    declares the same event type. The function is returned unchanged.
+    """
+    if not (isinstance(event, type) and issubclass(event, Event)) or event is Event:
+        raise DefinitionError(f"cleave.subscribe() takes an Event subclass, got {event!r}")
+    source_spec = spec_of(source) if source is not None else None
+
+    def mark(fn: F) -> F:
+        if not inspect.iscoroutinefunction(fn):
+            raise DefinitionError(
+                f"{fn.__qualname__}: event handlers must be `async def handler(self, event)`"
+            )
+        setattr(fn, _SUBSCRIBE_ATTR, (event, source_spec))
+        return fn
+
+    return mark
+
+
+class Subscription:
+    """One event handler of a service."""
+
+    __slots__ = ("attr", "event", "source")
+
+    def __init__(self, attr: str, event: type[Event], source: ContractSpec | None) -> None:
+        self.attr = attr
+        self.event = event
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"<subscription {self.attr} <- {self.event.__name__}>"
+
+
+class ServiceSpec:
+    """What a :class:`Service` subclass declares."""
+
+    def __init__(
+        self,
+        cls: type[Service],
+        contract: ContractSpec,
+        dependencies: dict[str, ContractSpec],
+        subscriptions: list[Subscription],
+        database: str | None,
+    ) -> None:
+        self.cls = cls
+        self.contract = contract
+        self.name = contract.name
+        self.dependencies = dependencies
+        self.subscriptions = subscriptions
+        self.database = database
+
+    @property
+    def calls(self) -> list[str]:
+        """Names of the services this one calls."""
+        return sorted({c.name for c in self.dependencies.values()})
+
+    def __repr__(self) -> str:
+        return f"<service {self.name} ({self.cls.__qualname__})>"
+
+
+class Service:
+    """Base class of services. Subclass with ``implements=SomeContract``."""
+
+    __cleave_service__: ClassVar[ServiceSpec]
+    #: The service's name: its contract's name.
+    name: ClassVar[str]
+
+    def __init_subclass__(cls, *, implements: Any = None, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if implements is None:
+            parent: ServiceSpec | None = getattr(cls, "__cleave_service__", None)
+            if parent is None:
+                return  # an abstract base; spec_of_service() explains if it is used as one
+            contract = parent.contract  # a subclass (a test double, say) keeps the contract
+        else:
+            contract = spec_of(implements)
+        cls.name = contract.name
+        cls.__cleave_service__ = _collect(cls, contract)
+
+    async def on_start(self) -> None:
+        """Called once its database is ready and before it takes calls: seed data here."""
+
+    async def on_stop(self) -> None:
+        """Called after the service has stopped taking calls and events."""
+
+
+def _collect(cls: type[Service], contract: ContractSpec) -> ServiceSpec:
+    where = cls.__qualname__
+    for name, method in contract.methods.items():
+        impl = getattr(cls, name, None)
+        if impl is None:
+            raise DefinitionError(
+                f"{where} implements {contract.name} but has no method {name!r}; add "
+                f"`async def {name}(self, req: {method.request.__name__}) -> "
+                f"{method.response.__name__}`"
+            )
+        if not inspect.iscoroutinefunction(impl):
+            raise DefinitionError(f"{where}.{name} must be `async def`")
+        _check_signature(where, name, impl, method.request, method.response)
+
+    dependencies: dict[str, ContractSpec] = {}
+    subscriptions: list[Subscription] = []
+    databases: list[str] = []
+    for klass in reversed(cls.__mro__):
+        for attr, value in vars(klass).items():
+            if isinstance(value, Use):
+                dependencies[attr] = value.contract
+            elif isinstance(value, Database):
+                databases.append(attr)
+            mark = getattr(value, _SUBSCRIBE_ATTR, None)
+            if mark is not None:
+                subscriptions.append(Subscription(attr, *mark))
+    if len(set(databases)) > 1:
+        raise DefinitionError(
+            f"{where} declares more than one Database ({', '.join(sorted(set(databases)))}); "
+            "a service owns exactly one database"
+        )
+    for attr, dep in dependencies.items():
+        if dep.name == contract.name:
+            raise DefinitionError(f"{where}.{attr}: a service cannot use its own contract")
+    database = databases[0] if databases else None
+    if database is None and (subscriptions or contract.events):
+        raise DefinitionError(
+            f"{where} publishes or consumes events, so it needs a database for its outbox and "
+            "inbox: add `db = cleave.Database()`"
+        )
+    return ServiceSpec(cls, contract, dependencies, subscriptions, database)
+
+
+def _check_signature(where: str, name: str, impl: Any, request: type, response: type) -> None:
+    try:
+        hints = typing.get_type_hints(impl)
+    except NameError:
+        return  # forward references not resolvable yet; the contract is the source of truth
+    params = list(inspect.signature(impl).parameters.values())[1:]
+    if len(params) != 1:
+        raise DefinitionError(f"{where}.{name} must take exactly one argument, the request")
+    got = hints.get(params[0].name)
+    if got is not None and got is not request:
+        raise DefinitionError(
+            f"{where}.{name} takes {getattr(got, '__name__', got)} but the contract says "
+            f"{request.__name__}"
+        )
+    ret = hints.get("return")
+    if ret is not None and ret is not response:
+        raise DefinitionError(
+            f"{where}.{name} returns {getattr(ret, '__name__', ret)} but the contract says "
+            f"{response.__name__}"
+        )
+
+
+def spec_of_service(cls: Any) -> ServiceSpec:
+    """The :class:`ServiceSpec` of a Service subclass."""
+    spec = getattr(cls, "__cleave_service__", None)
+    if not isinstance(spec, ServiceSpec):
+        raise DefinitionError(
+            f"{getattr(cls, '__qualname__', cls)!r} is not a service: declare it as "
+            "`class Name(cleave.Service, implements=SomeContract)`"
+        )
+    return spec

@@ -1,0 +1,299 @@
+"""Testing helpers: part of the product, for users' tests as much as for Cleave's own.
+
+Unit-test one service with fakes for what it calls and a fresh SQLite
+database of its own::
+
+    async with cleave.testing.build(OrdersService, catalog=FakeCatalog(), ...) as orders:
+        view = await orders.place_order(PlaceOrder(...))
+        assert [type(e) for e in await cleave.testing.published(orders)] == [OrderConfirmed]
+
+Or run a whole app in-process, exactly as ``cleave run`` does, and call it
+through typed clients or over ASGI::
+
+    async with cleave.testing.Harness(app, tmp_path) as h:
+        orders = h.client(Orders)
+        view = await orders.place_order(PlaceOrder(...))
+        await h.settle()          # every event delivered and handled
+
+:class:`NatsHarness` runs the same app split into several hosts in this
+process that talk over a real NATS server, as the processes placement does:
+run one test body under both to prove the placement changes nothing.
+
+Fakes are plain objects with the contract's methods (``async def``); mypy
+checks them against the contract Protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+
+from cleave.app import App, LoadedApp
+from cleave.config import Plan
+from cleave.contracts import spec_of
+from cleave.data import schema
+from cleave.data.database import Database, default_url
+from cleave.errors import DefinitionError
+from cleave.messages import Event, from_msgpack
+from cleave.runtime.host import Host
+from cleave.runtime.monolith import Monolith
+from cleave.runtime.router import make_client
+from cleave.service import Service, spec_of_service
+
+__all__ = ["Harness", "NatsHarness", "build", "published"]
+
+S = TypeVar("S", bound=Service)
+C = TypeVar("C")
+
+
+@asynccontextmanager
+async def build(
+    service: type[S],
+    *,
+    database_url: str | None = None,
+    **dependencies: Any,
+) -> AsyncIterator[S]:
+    """A started instance of ``service`` with ``dependencies`` (fakes) and its own database.
+
+    Every ``cleave.use(...)`` attribute must be given, by name. The database is
+    a new SQLite file in a temporary folder unless ``database_url`` says
+    otherwise; ``on_start`` runs (seeding it) and ``on_stop`` runs at the end.
+    """
+    spec = spec_of_service(service)
+    missing = sorted(set(spec.dependencies) - set(dependencies))
+    extra = sorted(set(dependencies) - set(spec.dependencies))
+    if missing or extra:
+        problems = []
+        if missing:
+            problems.append("pass " + ", ".join(f"{m}=<fake>" for m in missing))
+        if extra:
+            problems.append(f"{', '.join(extra)}: not a dependency of {service.__name__}")
+        raise DefinitionError(f"cleave.testing.build({service.__name__}): " + "; ".join(problems))
+    instance = service()
+    for attr, fake in dependencies.items():
+        instance.__dict__[attr] = fake
+    with tempfile.TemporaryDirectory(prefix="cleave-test-") as tmp:
+        db: Database | None = None
+        if spec.database is not None:
+            declared: Database = getattr(service, spec.database)
+            subjects = {ev: spec.contract.event_subject(ev) for ev in spec.contract.events}
+            db = declared.bind(
+                spec.name, database_url or default_url(Path(tmp), spec.name), subjects
+            )
+            await db.start()
+            instance.__dict__[spec.database] = db
+        try:
+            await instance.on_start()
+            yield instance
+            await instance.on_stop()
+        finally:
+            if db is not None:
+                await db.stop()
+
+
+async def published(instance: Service) -> list[Event]:
+    """The events ``instance`` has written to its outbox (not yet relayed), oldest first."""
+    spec = spec_of_service(type(instance))
+    if spec.database is None:
+        return []
+    db: Database = getattr(instance, spec.database)
+    by_subject = {spec.contract.event_subject(ev): ev for ev in spec.contract.events}
+    async with db.read() as tx:
+        rows = (
+            await tx.execute(
+                sa.select(schema.outbox.c.subject, schema.outbox.c.payload).order_by(
+                    schema.outbox.c.seq
+                )
+            )
+        ).all()
+    return [from_msgpack(r.payload, by_subject[r.subject]) for r in rows]
+
+
+class Harness:
+    """A whole app in this process (the monolith placement), for tests."""
+
+    def __init__(
+        self, app: App, state_dir: Path | str | None = None, *, plan: Plan | None = None
+    ) -> None:
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if state_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="cleave-harness-")
+            state_dir = self._tmp.name
+        state = Path(state_dir)
+        self.loaded = LoadedApp(app, Path(os.getcwd()), plan or Plan(), state)
+        self.monolith = Monolith(self.loaded)
+
+    @property
+    def host(self) -> Host:
+        return self.monolith.host
+
+    @property
+    def asgi(self) -> Any:
+        """The gateway as an ASGI app (e.g. for ``httpx.ASGITransport``)."""
+        return self.monolith.asgi()
+
+    def client(self, contract: type[C], caller: str = "test") -> C:
+        """A typed client of ``contract``, calling as ``caller``."""
+        client: C = make_client(spec_of(contract), self.host.router, caller)
+        return client
+
+    def service(self, name: str) -> Service:
+        """The running instance of service ``name``."""
+        return self.host.instances[name]
+
+    async def settle(self, timeout: float = 10.0) -> None:
+        """Wait until every outbox is empty and every event has been handled."""
+        deadline = time.monotonic() + timeout
+        while True:
+            backlog = sum([await r.backlog() for r in self.host.relays.values()])
+            busy = self.monolith.broker.busy()
+            if backlog == 0 and not busy:
+                # Handlers may have published more; look twice before saying settled.
+                await asyncio.sleep(0.02)
+                backlog = sum([await r.backlog() for r in self.host.relays.values()])
+                if backlog == 0 and not self.monolith.broker.busy():
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"not settled after {timeout}s: {backlog} outbox rows, broker busy={busy}"
+                )
+            await asyncio.sleep(0.01)
+
+    async def __aenter__(self) -> Harness:
+        await self.monolith.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self.monolith.stop()
+        finally:
+            if self._tmp is not None:
+                self._tmp.cleanup()
+
+
+class NatsHarness:
+    """An app split into hosts (one per service by default) that talk over real NATS.
+
+    Like the processes placement but in one process, so tests can look
+    inside. ``prefix`` keeps apps that share one NATS server apart.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        nats_url: str,
+        state_dir: Path | str | None = None,
+        *,
+        groups: dict[str, list[str]] | None = None,
+        plan: Plan | None = None,
+        prefix: str | None = None,
+    ) -> None:
+        self.app = app
+        self.nats_url = nats_url
+        self.plan = plan or Plan()
+        self.prefix = prefix or f"t{os.urandom(4).hex()}"
+        self.groups = groups or {name: [name] for name in app.services}
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if state_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="cleave-harness-")
+            state_dir = self._tmp.name
+        self.data_dir = Path(state_dir) / "data"
+        self.hosts: dict[str, Host] = {}
+        self._connections: list[Any] = []
+        self._edge: Host | None = None
+
+    async def _host(self, names: list[str], label: str) -> Host:
+        from cleave.transport.jetstream import JetStreamBroker
+        from cleave.transport.nats import NatsRpcClient, NatsRpcServer, connect
+
+        nc = await connect(self.nats_url, f"{self.app.name}.{label}")
+        self._connections.append(nc)
+        server = (
+            NatsRpcServer(nc, instance=label, version="0.0.0", prefix=self.prefix)
+            if names
+            else None
+        )
+        host = Host(
+            self.app,
+            self.plan,
+            names,
+            broker=JetStreamBroker(nc, prefix=self.prefix),
+            data_dir=self.data_dir,
+            instance=label,
+            remote=NatsRpcClient(nc, prefix=self.prefix),
+            server=server,
+        )
+        await host.start()
+        return host
+
+    @property
+    def edge(self) -> Host:
+        """A host with no services: every call it makes crosses NATS."""
+        if self._edge is None:
+            raise RuntimeError("NatsHarness not started")
+        return self._edge
+
+    @property
+    def asgi(self) -> Any:
+        from cleave.gateway.asgi import build_asgi
+
+        if self.app.gateway is None:
+            raise LookupError(f"app {self.app.name} declares no gateway")
+        return build_asgi(
+            self.app.gateway,
+            self.edge.router,
+            timeout=self.plan.runtime.timeout,
+            app_name=self.app.name,
+        )
+
+    def client(self, contract: type[C], caller: str = "test") -> C:
+        client: C = make_client(spec_of(contract), self.edge.router, caller)
+        return client
+
+    def service(self, name: str) -> Service:
+        for host in self.hosts.values():
+            if name in host.instances:
+                return host.instances[name]
+        raise KeyError(name)
+
+    async def settle(self, timeout: float = 10.0) -> None:
+        """Wait until every outbox is empty and every consumer has acked everything."""
+        deadline = time.monotonic() + timeout
+        quiet = 0
+        while quiet < 2:
+            busy = 0
+            for host in self.hosts.values():
+                busy += sum([await r.backlog() for r in host.relays.values()])
+                busy += sum([await s.pending() for s in host.subscriptions])
+            quiet = quiet + 1 if busy == 0 else 0
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not settled after {timeout}s: {busy} events in flight")
+            await asyncio.sleep(0.02)
+
+    async def __aenter__(self) -> NatsHarness:
+        try:
+            for label, names in self.groups.items():
+                self.hosts[label] = await self._host(list(names), label)
+            self._edge = await self._host([], "edge")
+        except BaseException:
+            await self.__aexit__()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            for host in [*self.hosts.values(), *([self._edge] if self._edge else [])]:
+                await host.stop()
+            for nc in self._connections:
+                await nc.close()
+        finally:
+            if self._tmp is not None:
+                self._tmp.cleanup()

@@ -1,0 +1,1 @@
+"""Transports: how calls and events travel (see ``base`` for the protocols)."""

@@ -1,0 +1,264 @@
+"""Durable events over NATS JetStream.
+
+One stream per producing service (``CLEAVE_<SERVICE>``, subjects
+``cleave.evt.<service>.>``), file storage, a two-minute duplicate window on
+``Nats-Msg-Id``. One durable pull consumer per (consuming service, handler),
+shared by that service's replicas: explicit ack, redelivery after
+``ack_wait`` or after the delay of a ``nak``. After ``max_deliver`` attempts
+the consumer moves a message to the ``CLEAVE_DLQ`` stream (``cleave.dlq.>``)
+and terminates it.
+
+The embedded server runs with ``sync_interval: always``: a publish is
+acknowledged only once it is on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from cleave.errors import Unavailable
+from cleave.transport.base import ConsumerPolicy, DeadLetter, Outgoing
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NatsClient
+    from nats.aio.msg import Msg
+
+    from cleave.types import DeliveryHandler, Headers, Subject
+
+__all__ = ["DLQ_STREAM", "JetStreamBroker"]
+
+log = structlog.get_logger("cleave.jetstream")
+
+DLQ_STREAM = "CLEAVE_DLQ"  # under another prefix: <PREFIX>_DLQ
+_WEEK = 7 * 24 * 3600.0
+
+
+class _JsDelivery:
+    __slots__ = ("_msg", "_settled", "attempt", "msg_id")
+
+    def __init__(self, msg: Msg) -> None:
+        self._msg = msg
+        self._settled = False
+        headers = msg.headers or {}
+        self.msg_id = headers.get("Nats-Msg-Id", "") or f"seq-{msg.metadata.sequence.stream}"
+        self.attempt = msg.metadata.num_delivered
+
+    @property
+    def subject(self) -> str:
+        return self._msg.subject
+
+    @property
+    def data(self) -> bytes:
+        return self._msg.data
+
+    @property
+    def headers(self) -> Headers:
+        return self._msg.headers or {}
+
+    async def ack(self) -> None:
+        if not self._settled:
+            self._settled = True
+            await self._msg.ack()
+
+    async def nak(self, delay: float) -> None:
+        if not self._settled:
+            self._settled = True
+            await self._msg.nak(delay=delay)
+
+    async def term(self) -> None:
+        if not self._settled:
+            self._settled = True
+            await self._msg.term()
+
+
+class _PullSubscription:
+    def __init__(self, psub: Any, handler: DeliveryHandler, policy: ConsumerPolicy) -> None:
+        self._psub = psub
+        self._handler = handler
+        self._policy = policy
+        self._stopping = False
+        self._delivering = False
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        self.delivered = 0
+
+    async def _run(self) -> None:
+        batch = max(1, self._policy.max_in_flight) * 8
+        limit = asyncio.Semaphore(self._policy.max_in_flight)
+        while not self._stopping:
+            try:
+                msgs = await self._psub.fetch(batch, timeout=1.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except nats.errors.Error as exc:
+                if self._stopping:
+                    return
+                log.warning("event fetch failed; retrying", error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(0.5)
+                continue
+            self._delivering = True
+            try:
+                await self._deliver_all(msgs, limit)
+            finally:
+                self._delivering = False
+
+    async def _deliver_all(self, msgs: list[Msg], limit: asyncio.Semaphore) -> None:
+        if self._policy.max_in_flight == 1:
+            for msg in msgs:
+                await self._deliver(msg)
+        else:
+
+            async def one(msg: Msg) -> None:
+                async with limit:
+                    await self._deliver(msg)
+
+            await asyncio.gather(*(one(m) for m in msgs))
+
+    async def _deliver(self, msg: Msg) -> None:
+        self.delivered += 1
+        delivery = _JsDelivery(msg)
+        try:
+            await self._handler(delivery)
+        except Exception as exc:
+            log.error("event handler crashed", error=f"{type(exc).__name__}: {exc}")
+        # An unsettled delivery comes back after ack_wait (the server's redelivery).
+
+    async def pending(self) -> int:
+        try:
+            info = await self._psub.consumer_info()
+        except (nats.errors.Error, OSError) as exc:
+            raise Unavailable(f"cannot read consumer state: {exc}") from exc
+        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if not self._delivering:
+            self._task.cancel()  # only waiting for messages: nothing to finish
+        # Otherwise let the batch in progress finish and be acked.
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(self._task, timeout=15)
+        with contextlib.suppress(nats.errors.Error, ValueError):
+            await self._psub.unsubscribe()
+
+
+class JetStreamBroker:
+    """A :class:`~cleave.transport.base.Broker` on NATS JetStream."""
+
+    def __init__(self, nc: NatsClient, *, max_age: float = _WEEK, prefix: str = "cleave") -> None:
+        self.nc = nc
+        self.prefix = prefix
+        self.js = nc.jetstream(timeout=10)
+        self.max_age = max_age
+        self._streams: set[str] = set()
+
+    def _stream(self, name: str) -> str:
+        return name if self.prefix == "cleave" else f"{self.prefix.upper()}_{name[7:]}"
+
+    def _subject(self, subject: str) -> str:
+        return subject if self.prefix == "cleave" else self.prefix + subject[6:]
+
+    async def ensure_stream(self, name: str, subjects: Sequence[Subject]) -> None:
+        if name in self._streams:
+            return
+        config = StreamConfig(
+            name=self._stream(name),
+            subjects=[self._subject(s) for s in subjects],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=self.max_age,
+            discard=DiscardPolicy.OLD,
+            duplicate_window=120.0,
+        )
+        try:
+            try:
+                await self.js.add_stream(config)
+            except nats.js.errors.BadRequestError:
+                # It exists with another configuration (an older version): bring it up to date.
+                await self.js.update_stream(config)
+        except (nats.errors.Error, OSError) as exc:
+            raise Unavailable(f"cannot create JetStream stream {name}: {exc}") from exc
+        self._streams.add(name)
+
+    async def publish(self, messages: Sequence[Outgoing]) -> None:
+        try:
+            acks = [
+                await self.js.publish_async(
+                    self._subject(m.subject),
+                    m.data,
+                    headers={**m.headers, "Nats-Msg-Id": m.msg_id},
+                )
+                for m in messages
+            ]
+            await asyncio.gather(*acks)
+        except (TimeoutError, nats.errors.Error, OSError) as exc:
+            raise Unavailable(f"JetStream did not acknowledge the events: {exc}") from exc
+
+    async def subscribe(
+        self,
+        stream: str,
+        durable: str,
+        subject: Subject,
+        handler: DeliveryHandler,
+        policy: ConsumerPolicy,
+    ) -> _PullSubscription:
+        config = ConsumerConfig(
+            durable_name=durable,
+            filter_subject=self._subject(subject),
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=policy.ack_wait,
+            # Unbounded here: the consumer dead-letters and terminates after
+            # policy.max_deliver attempts, so nothing is left unacked for ever.
+            max_deliver=-1,
+            deliver_policy=DeliverPolicy.ALL,
+            max_ack_pending=max(1000, policy.max_in_flight * 16),
+        )
+        try:
+            psub = await self.js.pull_subscribe(
+                self._subject(subject), durable=durable, stream=self._stream(stream), config=config
+            )
+        except (nats.errors.Error, OSError) as exc:
+            raise Unavailable(f"cannot create consumer {durable} on {stream}: {exc}") from exc
+        return _PullSubscription(psub, handler, policy)
+
+    async def dead_letter(self, subject: Subject, data: bytes, headers: Headers) -> None:
+        await self.ensure_stream(DLQ_STREAM, ["cleave.dlq.>"])
+        try:
+            await self.js.publish(self._subject(subject), data, headers=dict(headers))
+        except (nats.errors.Error, OSError) as exc:
+            raise Unavailable(f"cannot dead-letter to {DLQ_STREAM}: {exc}") from exc
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        stream = self._stream(DLQ_STREAM)
+        try:
+            info = await self.js.stream_info(stream)
+        except nats.js.errors.NotFoundError:
+            return []
+        except (nats.errors.Error, OSError) as exc:
+            raise Unavailable(f"cannot read {stream}: {exc}") from exc
+        last, first = info.state.last_seq, info.state.first_seq
+        letters = []
+        for seq in range(max(first, last - limit + 1), last + 1):
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                msg = await self.js.get_msg(stream, seq)
+                letters.append(
+                    DeadLetter(msg.subject or "", msg.data or b"", dict(msg.headers or {}))
+                )
+        return letters
+
+    async def close(self) -> None:
+        pass  # the connection belongs to whoever made it

@@ -1,0 +1,294 @@
+"""RPC over NATS request/reply.
+
+A service listens on ``cleave.rpc.<service>.v<major>.*`` in queue group
+``<service>``, so its replicas share the calls with no load balancer. The
+body is a :mod:`~cleave.transport.wire` envelope. Every request gets an
+answer: the response, or a typed error; a caller whose callee is gone gets
+:class:`~cleave.errors.Unavailable` at once (NATS "no responders") and one
+whose callee is slow gets :class:`~cleave.errors.DeadlineExceeded` at its
+deadline, never a hang.
+
+nats-py errors are mapped here and never leak to service code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+import msgspec
+import nats
+import nats.errors
+import structlog
+from nats.aio.client import Client as NatsClient
+
+from cleave.context import CallContext
+from cleave.errors import (
+    CallError,
+    DeadlineExceeded,
+    ErrorInfo,
+    InvalidArgument,
+    Unavailable,
+    from_info,
+    to_info,
+)
+from cleave.transport.discovery import Discovery
+from cleave.transport.wire import Reply, Request, reply_decoder, request_decoder
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+
+    from cleave.contracts import MethodSpec
+    from cleave.messages import Message
+    from cleave.runtime.dispatch import Dispatcher
+
+__all__ = ["NatsRpcClient", "NatsRpcServer", "connect", "subject_for"]
+
+log = structlog.get_logger("cleave.nats")
+
+_encode = msgspec.msgpack.Encoder().encode
+
+
+async def connect(url: str, name: str) -> NatsClient:
+    """Connect to NATS, reconnecting for ever; errors are logged, not printed."""
+
+    async def error_cb(exc: Exception) -> None:
+        log.warning("nats error", error=f"{type(exc).__name__}: {exc}", connection=name)
+
+    async def disconnected_cb() -> None:
+        log.warning("nats disconnected", connection=name)
+
+    async def reconnected_cb() -> None:
+        log.info("nats reconnected", connection=name)
+
+    try:
+        return await nats.connect(
+            url,
+            name=name,
+            connect_timeout=2,
+            reconnect_time_wait=0.25,
+            max_reconnect_attempts=-1,
+            allow_reconnect=True,
+            error_cb=error_cb,
+            disconnected_cb=disconnected_cb,
+            reconnected_cb=reconnected_cb,
+            pending_size=64 * 1024 * 1024,
+        )
+    except (OSError, nats.errors.Error) as exc:
+        raise Unavailable(f"cannot connect to NATS at {url}: {exc}") from exc
+
+
+def subject_for(prefix: str, subject: str) -> str:
+    """``subject`` (which starts ``cleave.``) under another first token."""
+    return subject if prefix == "cleave" else prefix + subject[6:]
+
+
+class NatsRpcClient:
+    """Sends calls to services in other processes."""
+
+    def __init__(self, nc: NatsClient, *, prefix: str = "cleave") -> None:
+        self.nc = nc
+        self.prefix = prefix
+
+    async def call(self, method: MethodSpec, request: Message, ctx: CallContext) -> Message:
+        data = _encode(Request(ctx.deadline, ctx.request_id, ctx.caller, ctx.traceparent, request))
+        timeout = ctx.deadline - time.time()
+        try:
+            msg = await self.nc.request(
+                subject_for(self.prefix, method.subject), data, timeout=timeout
+            )
+        except nats.errors.NoRespondersError:
+            raise Unavailable(
+                f"no replica of {method.contract.name} is running (nobody serves {method.subject})",
+                service=method.contract.name,
+                method=method.name,
+            ) from None
+        except nats.errors.TimeoutError:
+            raise DeadlineExceeded(
+                f"{method.qualname} did not answer within {timeout:.3f}s; it may still have run",
+                service=method.contract.name,
+                method=method.name,
+            ) from None
+        except (nats.errors.Error, OSError) as exc:
+            raise Unavailable(
+                f"cannot reach {method.contract.name} over NATS: {type(exc).__name__} {exc}",
+                service=method.contract.name,
+                method=method.name,
+            ) from exc
+        try:
+            reply = reply_decoder(method.response).decode(msg.data)
+        except msgspec.DecodeError as exc:
+            raise Unavailable(
+                f"{method.qualname} answered with something that is not a "
+                f"{method.response.__name__} ({exc}); is a different version deployed?",
+                service=method.contract.name,
+                method=method.name,
+            ) from None
+        if reply.error is not None:
+            raise from_info(reply.error, method.contract.errors)
+        return cast("Message", reply.body)
+
+    async def close(self) -> None:
+        pass  # the connection belongs to whoever made it
+
+
+class _Endpoint:
+    __slots__ = (
+        "decoder",
+        "dispatcher",
+        "errors",
+        "last_error",
+        "method",
+        "requests",
+        "subject",
+        "time_ns",
+    )
+
+    def __init__(self, dispatcher: Dispatcher, method: MethodSpec, subject: str) -> None:
+        self.dispatcher = dispatcher
+        self.method = method
+        self.subject = subject
+        self.decoder = request_decoder(method.request)
+        self.requests = 0
+        self.errors = 0
+        self.time_ns = 0
+        self.last_error = ""
+
+
+class NatsRpcServer:
+    """Takes calls from NATS for the services of this process."""
+
+    def __init__(
+        self, nc: NatsClient, *, instance: str, version: str, prefix: str = "cleave"
+    ) -> None:
+        self.nc = nc
+        self.prefix = prefix
+        self.instance = instance
+        self.version = version
+        self.endpoints: dict[str, _Endpoint] = {}
+        self._subs: list[Any] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.discovery: Discovery | None = None
+        self._accepting = False
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def serve(self, dispatchers: Sequence[Dispatcher]) -> None:
+        for d in dispatchers:
+            for method in d.spec.contract.methods.values():
+                subject = subject_for(self.prefix, method.subject)
+                self.endpoints[subject] = _Endpoint(d, method, subject)
+        self._accepting = True
+        for d in dispatchers:
+            contract = d.spec.contract
+            self._subs.append(
+                await self.nc.subscribe(
+                    subject_for(self.prefix, f"{contract.rpc_prefix}.*"),
+                    queue=contract.name,
+                    cb=self._on_request,
+                )
+            )
+        self.discovery = Discovery(
+            self.nc, self.instance, self.version, dispatchers, self.endpoints
+        )
+        await self.discovery.start()
+        await self.nc.flush()
+
+    async def _on_request(self, msg: Msg) -> None:
+        # nats-py runs one callback at a time per subscription: hand each call to a task.
+        task = asyncio.get_running_loop().create_task(self._handle(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, msg: Msg) -> None:
+        started = time.perf_counter_ns()
+        endpoint = self.endpoints.get(msg.subject)
+        if endpoint is None:
+            service = msg.subject.split(".")[2] if msg.subject.count(".") >= 4 else "?"
+            await self._reply_error(
+                msg,
+                InvalidArgument(
+                    f"{service} has no method {msg.subject.rsplit('.', 1)[-1]!r} in this version"
+                ),
+                service,
+                "",
+            )
+            return
+        method = endpoint.method
+        endpoint.requests += 1
+        try:
+            env = endpoint.decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            endpoint.errors += 1
+            endpoint.last_error = f"bad request: {exc}"
+            await self._reply_error(
+                msg,
+                InvalidArgument(f"bad request for {method.qualname}: {exc}"),
+                method.contract.name,
+                method.name,
+            )
+            return
+        left = env.deadline - time.time()
+        if left <= 0 or not self._accepting:
+            if not self._accepting:
+                await self._reply_error(
+                    msg,
+                    Unavailable(f"{method.contract.name} is shutting down", retry_after=1.0),
+                    method.contract.name,
+                    method.name,
+                )
+            return  # past its deadline: the caller has given up already
+        ctx = CallContext(env.deadline, env.request_id, env.caller, env.traceparent)
+        try:
+            async with asyncio.timeout(left):
+                result = await endpoint.dispatcher.invoke(method, env.body, ctx)
+            payload = _encode(Reply(body=result))
+        except TimeoutError:
+            endpoint.errors += 1
+            endpoint.last_error = "deadline exceeded"
+            payload = _encode(
+                Reply(
+                    error=ErrorInfo(
+                        DeadlineExceeded.kind,
+                        f"{method.qualname} ran past its deadline",
+                        method.contract.name,
+                        method.name,
+                    )
+                )
+            )
+        except CallError as exc:
+            endpoint.errors += 1
+            endpoint.last_error = str(exc)
+            payload = _encode(
+                Reply(error=to_info(exc, service=method.contract.name, method=method.name))
+            )
+        finally:
+            endpoint.time_ns += time.perf_counter_ns() - started
+        if msg.reply:
+            with contextlib.suppress(nats.errors.Error):
+                await self.nc.publish(msg.reply, payload)
+
+    async def _reply_error(self, msg: Msg, exc: CallError, service: str, method: str) -> None:
+        if msg.reply:
+            payload = _encode(Reply(error=to_info(exc, service=service, method=method)))
+            with contextlib.suppress(nats.errors.Error):
+                await self.nc.publish(msg.reply, payload)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking calls, then wait (up to ``grace`` s) for calls in progress."""
+        for sub in self._subs:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        self._subs.clear()
+        if self.discovery is not None:
+            await self.discovery.stop()
+        self._accepting = False
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace)
+        with contextlib.suppress(nats.errors.Error):
+            await self.nc.flush(timeout=2)
