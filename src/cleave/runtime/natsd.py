@@ -13,6 +13,7 @@ to disk before acknowledging it.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -85,6 +86,8 @@ class EmbeddedNats:
         self._fixed_port = port
         self.binary = binary
         self.name = re.sub(r"[^A-Za-z0-9_-]", "_", name)
+        # Unique, so a greeting from another server on our port is not taken for ours.
+        self.server_name = f"{self.name}_{os.urandom(3).hex()}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -98,7 +101,7 @@ class EmbeddedNats:
     def _config(self) -> str:
         store = str(self.store_dir).replace("\\", "/")
         return (
-            f'server_name: "{self.name}"\n'
+            f'server_name: "{self.server_name}"\n'
             f'listen: "127.0.0.1:{self.port}"\n'
             "max_payload: 8MB\n"
             "jetstream {\n"
@@ -133,14 +136,27 @@ class EmbeddedNats:
             )
 
     def _state(self) -> bool | None:
-        """True once it accepts connections, False if it exited, None while starting."""
+        """True once it accepts connections, False if it exited, None while starting.
+
+        The server's INFO greeting must carry our server name: another server
+        already on the port must not pass for ours.
+        """
         assert self.proc is not None
         if self.proc.poll() is not None:
             return False
         try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                greeting = conn.recv(4096)
         except OSError:
             return None
+        if not greeting.startswith(b"INFO "):
+            return None
+        try:
+            info = json.loads(greeting[5:].split(b"\r\n", 1)[0])
+        except ValueError:
+            return None
+        if info.get("server_name") != self.server_name:
+            return False if self.proc.poll() is not None else None
         return True
 
     def _failed(self) -> ConfigError:
