@@ -86,7 +86,9 @@ async def placed(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 # -- real processes --------------------------------------------------------------------------
 
 
-def cli(*args: object, check: bool = True, timeout: float = 180) -> Any:
+def cli(
+    *args: object, check: bool = True, timeout: float = 180, env: dict[str, str] | None = None
+) -> Any:
     """Run the `cleave` command in a subprocess."""
     import subprocess
 
@@ -95,6 +97,7 @@ def cli(*args: object, check: bool = True, timeout: float = 180) -> Any:
         capture_output=True,
         text=True,
         timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
     if check and result.returncode != 0:
         raise AssertionError(
@@ -136,16 +139,26 @@ def wait_until(condition: Any, timeout: float = 30.0, interval: float = 0.1) -> 
 class Up:
     """A `cleave up --detach` of an app, for one test module."""
 
-    def __init__(self, app_dir: Path, state_dir: Path) -> None:
+    def __init__(self, app_dir: Path, state_dir: Path, env: dict[str, str] | None = None) -> None:
         from cleave.runtime.natsd import free_port
 
         self.app_dir = app_dir
         self.state_dir = state_dir
+        self.env = env or {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Up:
-        cli("up", self.app_dir, "--detach", "--port", self.port, "--state-dir", self.state_dir)
+        cli(
+            "up",
+            self.app_dir,
+            "--detach",
+            "--port",
+            self.port,
+            "--state-dir",
+            self.state_dir,
+            env=self.env,
+        )
         return self
 
     def ps(self) -> list[dict[str, Any]]:
@@ -162,11 +175,12 @@ class Up:
 class Run:
     """A `cleave run` (the monolith) of an app in a subprocess."""
 
-    def __init__(self, app_dir: Path, state_dir: Path) -> None:
+    def __init__(self, app_dir: Path, state_dir: Path, env: dict[str, str] | None = None) -> None:
         from cleave.runtime.natsd import free_port
 
         self.app_dir = app_dir
         self.state_dir = state_dir
+        self.env = env or {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: Any = None
@@ -189,6 +203,7 @@ class Run:
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
         )
 
         def up() -> bool:
@@ -208,3 +223,43 @@ class Run:
 
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(timeout=30)
+
+
+class PostgresDatabases:
+    """Per-service PostgreSQL databases for one test run, dropped afterwards."""
+
+    def __init__(self) -> None:
+        self.prefix = f"cleave_t{os.urandom(3).hex()}"
+        self.url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{self.prefix}_{{service}}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"CLEAVE_DATABASE_URL": self.url}
+
+    def drop(self) -> None:
+        import asyncio
+
+        import sqlalchemy as sa
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        async def go() -> None:
+            engine = create_async_engine(
+                "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres",
+                isolation_level="AUTOCOMMIT",
+            )
+            async with engine.connect() as conn:
+                names = (
+                    (
+                        await conn.execute(
+                            sa.text("SELECT datname FROM pg_database WHERE datname LIKE :p"),
+                            {"p": f"{self.prefix}_%"},
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
+                for name in names:
+                    await conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+            await engine.dispose()
+
+        asyncio.run(go())

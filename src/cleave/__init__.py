@@ -8,6 +8,7 @@ from cleave.app import App
 from cleave.context import CallContext, current, timeout
 from cleave.contracts import contract, idempotent
 from cleave.data.database import Database, Transaction
+from cleave.data.saga import Abort, Saga, SagaOutcome
 from cleave.errors import (
     CallError,
     CleaveError,
@@ -29,6 +30,7 @@ from cleave.service import Service, subscribe, use
 __version__ = "0.1.0"
 
 __all__ = [
+    "Abort",
     "App",
     "CallContext",
     "CallError",
@@ -45,6 +47,8 @@ __all__ = [
     "Message",
     "NotFound",
     "RemoteError",
+    "Saga",
+    "SagaOutcome",
     "Service",
     "ServiceError",
     "Transaction",

@@ -6,6 +6,9 @@
     cleave up [APP] [--port 8000] [--detach]  one process per service group, over NATS
     cleave ps [APP] [--json]                  the processes of a running `cleave up`
     cleave down [APP]                         stop a running `cleave up`
+    cleave db revision [APP] SERVICE -m MSG   a new schema migration, from the metadata
+    cleave db upgrade [APP] [SERVICE]         migrate databases to the newest revision
+    cleave db current [APP]                   the revision of every service's database
 
 APP is the app's folder (holding cleave.toml); left out, the current folder
 or the nearest one above it with a cleave.toml.
@@ -166,6 +169,104 @@ def down(path: AppArg = None, state_dir: StateOpt = None) -> None:
     except CleaveError as exc:
         _fail(str(exc))
     console.print(f"{loaded.app.name}: {'stopped' if stopped else 'was not running'}")
+
+
+db = typer.Typer(
+    help="Schema migrations of each service's database (Alembic).", no_args_is_help=True
+)
+app.add_typer(db, name="db")
+
+
+def _migrated(loaded: LoadedApp, service: str | None) -> list[tuple[str, Any]]:
+    """(service, Database declaration) of services under migrations."""
+    from cleave.data.database import Database
+
+    names = [service] if service else list(loaded.app.services)
+    found = []
+    for name in names:
+        spec = loaded.app.services.get(name)
+        if spec is None:
+            _fail(
+                f"app {loaded.app.name} has no service {name!r} "
+                f"(services: {', '.join(loaded.app.services)})",
+                2,
+            )
+            raise AssertionError  # unreachable: _fail exits
+        declared: Database | None = getattr(spec.cls, spec.database) if spec.database else None
+        if declared is None or declared.migrations is None:
+            if service:
+                _fail(
+                    f"{name} has no migrations folder: declare cleave.Database(metadata, "
+                    "migrations=Path(__file__).parent / 'migrations' / '<service>')",
+                    2,
+                )
+            continue
+        found.append((name, declared))
+    return found
+
+
+@db.command("revision")
+def db_revision(
+    service: Annotated[str, typer.Argument(help="The service whose schema changed.")],
+    path: AppArg = None,
+    message: Annotated[str, typer.Option("--message", "-m", help="What the change does.")] = "",
+    state_dir: StateOpt = None,
+) -> None:
+    """Write a migration with what the service's metadata adds to its newest revision."""
+    from cleave.data import migrations
+
+    loaded = _load(path, state_dir)
+    [(name, declared)] = _migrated(loaded, service)
+    created = asyncio.run(
+        migrations.revision(declared.migrations, declared.metadata, message or "schema change")
+    )
+    if created is None:
+        console.print(f"{name}: the metadata matches the newest revision; nothing to do")
+    else:
+        console.print(f"{name}: wrote {created} (read it before you ship it)", highlight=False)
+
+
+@db.command("upgrade")
+def db_upgrade(
+    path: AppArg = None,
+    service: Annotated[str | None, typer.Option(help="Only this service.")] = None,
+    state_dir: StateOpt = None,
+) -> None:
+    """Migrate each service's database to its newest revision (also done on start)."""
+    from cleave.data import migrations
+
+    loaded = _load(path, state_dir)
+    for name, declared in _migrated(loaded, service):
+        url = loaded.plan.database_url(name, loaded.data_dir)
+        if url.startswith("sqlite"):
+            loaded.data_dir.mkdir(parents=True, exist_ok=True)
+        rev = asyncio.run(migrations.upgrade(url, declared.migrations, declared.metadata))
+        console.print(f"{name}: at {rev}")
+
+
+@db.command("current")
+def db_current(path: AppArg = None, state_dir: StateOpt = None) -> None:
+    """Show the revision each service's database is at, and the newest one available."""
+    from cleave.data import migrations
+
+    loaded = _load(path, state_dir)
+    table = Table(title=f"{loaded.app.name}: schema revisions", title_justify="left")
+    for col in ("service", "database", "current", "newest"):
+        table.add_column(col)
+    for name, declared in _migrated(loaded, None):
+        url = loaded.plan.database_url(name, loaded.data_dir)
+        sqlite_file = url.split(":///", 1)[1] if url.startswith("sqlite") else ""
+        try:
+            if sqlite_file and not Path(sqlite_file).exists():
+                rev = "(no database yet)"
+            else:
+                rev = asyncio.run(migrations.current(url)) or "-"
+        except Exception as exc:  # an unreachable database is a row, not a crash
+            rev = f"[red]{type(exc).__name__}[/]"
+        newest = migrations.newest(declared.migrations) or "-"
+        color = "green" if rev == newest else "yellow"
+        table.add_row(name, url, f"[{color}]{rev}[/]", newest)
+    console.print(table)
 
 
 def _uptime(seconds: float | None) -> str:

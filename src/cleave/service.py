@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Generic, TypeVar, overload
 
 from cleave.contracts import ContractSpec, spec_of
 from cleave.data.database import Database
+from cleave.data.saga import Saga
 from cleave.errors import DefinitionError, LifecycleError
 from cleave.messages import Event
 
@@ -134,6 +135,7 @@ class ServiceSpec:
         dependencies: dict[str, ContractSpec],
         subscriptions: list[Subscription],
         database: str | None,
+        sagas: dict[str, Saga[Any]] | None = None,
     ) -> None:
         self.cls = cls
         self.contract = contract
@@ -141,6 +143,7 @@ class ServiceSpec:
         self.dependencies = dependencies
         self.subscriptions = subscriptions
         self.database = database
+        self.sagas = sagas or {}
 
     @property
     def calls(self) -> list[str]:
@@ -194,12 +197,15 @@ def _collect(cls: type[Service], contract: ContractSpec) -> ServiceSpec:
     dependencies: dict[str, ContractSpec] = {}
     subscriptions: list[Subscription] = []
     databases: list[str] = []
+    sagas: dict[str, Saga[Any]] = {}
     for klass in reversed(cls.__mro__):
         for attr, value in vars(klass).items():
             if isinstance(value, Use):
                 dependencies[attr] = value.contract
             elif isinstance(value, Database):
                 databases.append(attr)
+            elif isinstance(value, Saga):
+                sagas[attr] = value
             mark = getattr(value, _SUBSCRIBE_ATTR, None)
             if mark is not None:
                 subscriptions.append(Subscription(attr, *mark))
@@ -212,12 +218,15 @@ def _collect(cls: type[Service], contract: ContractSpec) -> ServiceSpec:
         if dep.name == contract.name:
             raise DefinitionError(f"{where}.{attr}: a service cannot use its own contract")
     database = databases[0] if databases else None
-    if database is None and (subscriptions or contract.events):
+    if database is None and (subscriptions or contract.events or sagas):
         raise DefinitionError(
-            f"{where} publishes or consumes events, so it needs a database for its outbox and "
-            "inbox: add `db = cleave.Database()`"
+            f"{where} publishes or consumes events or runs sagas, so it needs a database for "
+            "its outbox, inbox and saga records: add `db = cleave.Database()`"
         )
-    return ServiceSpec(cls, contract, dependencies, subscriptions, database)
+    for attr, saga in sagas.items():
+        if not saga.steps:
+            raise DefinitionError(f"{where}.{attr}: the saga has no steps; add @{attr}.step")
+    return ServiceSpec(cls, contract, dependencies, subscriptions, database, sagas)
 
 
 def _check_signature(where: str, name: str, impl: Any, request: type, response: type) -> None:

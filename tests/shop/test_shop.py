@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import SHOP, Run, Up, wait_until
+from conftest import SHOP, PostgresDatabases, Run, Up, wait_until
 
 PRICES = {"KB-01": 8_900, "MS-01": 2_900, "MN-27": 24_900, "CBL-01": 900, "GPU-01": 59_900}
 
@@ -46,20 +46,33 @@ class Shop:
         return wait_until(lambda: (s := self.stock(sku))[1] == 0 and s, timeout=20)
 
 
+PROCESSES = [pytest.mark.processes, pytest.mark.nats]
+
+
 @pytest.fixture(
     scope="module",
-    params=["monolith", pytest.param("processes", marks=[pytest.mark.processes, pytest.mark.nats])],
+    params=[
+        "monolith",
+        pytest.param("processes", marks=PROCESSES),
+        pytest.param("monolith-postgres", marks=[pytest.mark.postgres]),
+        pytest.param("processes-postgres", marks=[*PROCESSES, pytest.mark.postgres]),
+    ],
 )
 def shop(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Shop]:
+    placement, _, storage = request.param.partition("-")
     state = tmp_path_factory.mktemp(f"shop-{request.param}")
-    runner: Run | Up = Run(SHOP, state) if request.param == "monolith" else Up(SHOP, state)
+    pg = PostgresDatabases() if storage == "postgres" else None
+    env = pg.env if pg else {}
+    runner: Run | Up = Run(SHOP, state, env) if placement == "monolith" else Up(SHOP, state, env)
     runner.start()
     try:
-        yield Shop(runner, request.param)
+        yield Shop(runner, placement)
     finally:
         runner.stop()
+        if pg is not None:
+            pg.drop()
 
 
 def test_the_catalog(shop: Shop) -> None:

@@ -35,6 +35,7 @@ gateway.post(
     statuses=(201, 202),
     idempotency_key=True,
 )
+gateway.get("/v1/orders", Orders.list_orders, unwrap="orders")
 gateway.get("/v1/orders/{order_id}", Orders.get_order)
 gateway.get("/v1/shipments", Shipping.list_shipments, unwrap="shipments")
 gateway.get("/v1/notifications", Notifications.list_notifications, unwrap="notifications")

@@ -31,7 +31,6 @@ process (WAL with ``synchronous=NORMAL``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -116,8 +115,13 @@ class Transaction:
 class Database:
     """A service's database: declaration on the class, bound and started per instance."""
 
-    def __init__(self, metadata: sa.MetaData | None = None) -> None:
+    def __init__(
+        self, metadata: sa.MetaData | None = None, *, migrations: str | Path | None = None
+    ) -> None:
         self.metadata = metadata if metadata is not None else sa.MetaData()
+        #: Alembic revisions for this database (see cleave.data.migrations); None: create_all.
+        self.migrations = Path(migrations) if migrations is not None else None
+        self.revision: str | None = None
         self.service = ""
         self.url = ""
         self.attr = "db"
@@ -146,7 +150,7 @@ class Database:
 
     def bind(self, service: str, url: str, event_subjects: dict[type, str]) -> Database:
         """A copy of this declaration for one running service, not yet started."""
-        bound = Database(self.metadata)
+        bound = Database(self.metadata, migrations=self.migrations)
         bound.attr = self.attr
         bound.service = service
         bound.url = url
@@ -192,13 +196,28 @@ class Database:
             raise DefinitionError(
                 f"{self.service}: table names {sorted(conflicts)} are reserved for Cleave"
             )
-        # Replicas may start together: creating tables is idempotent, but two
-        # processes can still race between "check" and "create".
+        if self.migrations is not None and not self.migrations.is_absolute():
+            raise DefinitionError(
+                f"{self.service}: migrations={str(self.migrations)!r} must be an absolute path, "
+                'e.g. Path(__file__).parent / "migrations" / "billing"'
+            )
+        # Replicas may start together: one write transaction each (BEGIN IMMEDIATE on
+        # SQLite, an advisory lock for migrations on PostgreSQL) keeps them apart; a
+        # race between "check" and "create" is retried.
         for attempt in range(5):
             try:
-                async with self.engine.begin() as conn:
-                    await conn.run_sync(schema.metadata.create_all)
-                    await conn.run_sync(self.metadata.create_all)
+                async with self.engine.connect() as conn:
+                    await conn.execution_options(cleave_write=True)
+                    async with conn.begin():
+                        await conn.run_sync(schema.metadata.create_all)
+                        if self.migrations is not None:
+                            from cleave.data.migrations import upgrade_sync
+
+                            self.revision = await conn.run_sync(
+                                upgrade_sync, self.migrations, self.metadata
+                            )
+                        else:
+                            await conn.run_sync(self.metadata.create_all)
                 return
             except sa.exc.DBAPIError:
                 if attempt == 4:
@@ -316,9 +335,15 @@ async def _ensure_pg_database(url: sa.URL) -> None:
                 sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
             )
             if not exists:
-                # A replica starting at the same moment may create it first.
-                with contextlib.suppress(sa.exc.ProgrammingError):
+                try:
                     await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+                except sa.exc.DBAPIError:
+                    # A replica starting at the same moment may have created it first.
+                    created = await conn.scalar(
+                        sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+                    )
+                    if not created:
+                        raise
     except OSError as exc:
         raise ConfigError(
             f"cannot reach PostgreSQL at {url.host}:{url.port or 5432} ({exc}); start it or fix "

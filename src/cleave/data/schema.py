@@ -56,14 +56,21 @@ sagas = sa.Table(
     metadata,
     sa.Column("saga_id", sa.String(128), primary_key=True),
     sa.Column("kind", sa.String(128), nullable=False),
-    sa.Column("state", sa.String(32), nullable=False, index=True),
+    # running -> done; running -> compensating -> failed
+    sa.Column("state", sa.String(16), nullable=False),
+    # running: the next step to run; compensating: the next step to compensate (down to -1)
     sa.Column("step", sa.Integer, nullable=False),
     sa.Column("data", sa.LargeBinary, nullable=False),
-    sa.Column("attempts", sa.Integer, nullable=False, default=0),
-    sa.Column("error", sa.Text, nullable=False, default=""),
-    sa.Column("next_attempt_at", sa.Float, nullable=False, index=True),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("next_attempt_at", sa.Float, nullable=False),
     sa.Column("deadline_at", sa.Float, nullable=False),
+    sa.Column("owner", sa.String(128), nullable=False),
+    sa.Column("lease_until", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Index("cleave_sagas_pending", "kind", "state", "lease_until"),
 )
 
 leases = sa.Table(

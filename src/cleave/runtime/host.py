@@ -17,11 +17,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from cleave.data.database import Database, default_url
+from cleave.data.database import Database
 from cleave.data.inbox import EventConsumer
 from cleave.data.outbox import OutboxRelay
+from cleave.data.saga import SagaRunner
 from cleave.errors import LifecycleError
 from cleave.runtime.dispatch import Dispatcher
 from cleave.runtime.router import Router, make_client
@@ -84,6 +85,7 @@ class Host:
         self.dispatchers: dict[str, Dispatcher] = {}
         self.relays: dict[str, OutboxRelay] = {}
         self.consumers: list[EventConsumer] = []
+        self.sagas: list[SagaRunner[Any]] = []
         self.subscriptions: list[Subscription] = []
         self.state = HostState.NEW
 
@@ -111,6 +113,8 @@ class Host:
             await self._start_events(name)
         for relay in self.relays.values():
             relay.start()
+        for runner in self.sagas:
+            runner.start_recovery()
         if self.server is not None:
             await self.server.serve([self.dispatchers[n] for n in self.names])
 
@@ -120,7 +124,7 @@ class Host:
         db: Database | None = None
         if spec.database is not None:
             declared: Database = getattr(spec.cls, spec.database)
-            url = self.plan.service(name).database or default_url(self.data_dir, name)
+            url = self.plan.database_url(name, self.data_dir)
             subjects = {ev: spec.contract.event_subject(ev) for ev in spec.contract.events}
             db = declared.bind(name, url, subjects)
             await db.start()
@@ -128,6 +132,11 @@ class Host:
             instance.__dict__[spec.database] = db
         for attr, dep in spec.dependencies.items():
             instance.__dict__[attr] = make_client(dep, self.router, name)
+        for attr, saga in spec.sagas.items():
+            assert db is not None  # checked when the service was declared
+            runner = SagaRunner(saga, instance, db, service=name, owner=self.instance)
+            instance.__dict__[attr] = runner
+            self.sagas.append(runner)
         dispatcher = Dispatcher(spec, instance, db, strict=self.plan.runtime.strict)
         self.instances[name] = instance
         self.dispatchers[name] = dispatcher
@@ -175,6 +184,8 @@ class Host:
             await self.server.stop()
         for sub in self.subscriptions:
             await sub.stop()
+        for runner in self.sagas:
+            await runner.stop()
         for relay in self.relays.values():
             await relay.stop()
         for name in reversed(self.names):

@@ -41,6 +41,7 @@ from cleave.config import Plan
 from cleave.contracts import spec_of
 from cleave.data import schema
 from cleave.data.database import Database, default_url
+from cleave.data.saga import SagaRunner
 from cleave.errors import DefinitionError
 from cleave.messages import Event, from_msgpack
 from cleave.runtime.host import Host
@@ -90,11 +91,19 @@ async def build(
             )
             await db.start()
             instance.__dict__[spec.database] = db
+        runners = []
+        for attr, saga in spec.sagas.items():
+            assert db is not None
+            runner = SagaRunner(saga, instance, db, service=spec.name, owner="test")
+            instance.__dict__[attr] = runner
+            runners.append(runner)
         try:
             await instance.on_start()
             yield instance
             await instance.on_stop()
         finally:
+            for runner in runners:
+                await runner.stop()
             if db is not None:
                 await db.stop()
 

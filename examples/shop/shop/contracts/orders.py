@@ -34,6 +34,14 @@ class OrderView(cleave.Message):
     reason: str | None = None
 
 
+class ListOrders(cleave.Message):
+    account_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+class OrderList(cleave.Message):
+    orders: tuple[OrderView, ...]
+
+
 class OrderConfirmed(cleave.Event):
     order_id: str
     account_id: str
@@ -57,4 +65,8 @@ class Orders(Protocol):
 
     async def get_order(self, req: GetOrder) -> OrderView:
         """One order; NotFound if unknown."""
+        ...
+
+    async def list_orders(self, req: ListOrders) -> OrderList:
+        """Every order of one account, oldest first."""
         ...

@@ -9,6 +9,7 @@ leaves a tombstone, so that charge is declined when it lands.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -29,6 +30,7 @@ from shop.contracts.billing import (
 from shop.contracts.orders import OrderCancelled
 from shop.seed import ACCOUNTS
 
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 metadata = sa.MetaData()
 accounts = sa.Table(
     "accounts",
@@ -51,7 +53,7 @@ charges = sa.Table(
 
 
 class BillingService(cleave.Service, implements=Billing):
-    db = cleave.Database(metadata)
+    db = cleave.Database(metadata, migrations=MIGRATIONS / "billing")
 
     async def on_start(self) -> None:
         async with self.db.transaction() as tx:
@@ -95,7 +97,9 @@ class BillingService(cleave.Service, implements=Billing):
                     order_id=req.order_id, status="declined", amount_cents=0, reason=reason
                 )
             balance = await tx.scalar(
-                sa.select(accounts.c.balance_cents).where(accounts.c.account_id == req.account_id)
+                sa.select(accounts.c.balance_cents)
+                .where(accounts.c.account_id == req.account_id)
+                .with_for_update()  # PostgreSQL: concurrent charges queue on the account
             )
             if balance is None:
                 reason = f"no account {req.account_id!r}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import sqlalchemy as sa
 
 import cleave
@@ -17,6 +19,7 @@ from shop.contracts.catalog import (
 )
 from shop.seed import PRODUCTS
 
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 metadata = sa.MetaData()
 products = sa.Table(
     "products",
@@ -28,7 +31,7 @@ products = sa.Table(
 
 
 class CatalogService(cleave.Service, implements=Catalog):
-    db = cleave.Database(metadata)
+    db = cleave.Database(metadata, migrations=MIGRATIONS / "catalog")
 
     async def on_start(self) -> None:
         async with self.db.transaction() as tx:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from pathlib import Path
 
 import sqlalchemy as sa
 import structlog
@@ -30,6 +31,7 @@ from shop.seed import PRODUCTS
 
 log = structlog.get_logger("shop.inventory")
 
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 metadata = sa.MetaData()
 stock = sa.Table(
     "stock",
@@ -58,7 +60,7 @@ reserved_lines = sa.Table(
 
 
 class InventoryService(cleave.Service, implements=Inventory):
-    db = cleave.Database(metadata)
+    db = cleave.Database(metadata, migrations=MIGRATIONS / "inventory")
 
     async def on_start(self) -> None:
         async with self.db.transaction() as tx:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -17,6 +18,7 @@ from shop.contracts.notifications import (
 from shop.contracts.orders import OrderCancelled, OrderConfirmed
 from shop.contracts.shipping import ShipmentCreated
 
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 metadata = sa.MetaData()
 notifications = sa.Table(
     "notifications",
@@ -27,11 +29,14 @@ notifications = sa.Table(
     sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("text", sa.Text, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    # One notification of each kind per order, even if an event arrives twice
+    # under different ids (a replay from outside Cleave).
+    sa.UniqueConstraint("order_id", "kind", name="one_notification_per_kind"),
 )
 
 
 class NotificationsService(cleave.Service, implements=Notifications):
-    db = cleave.Database(metadata)
+    db = cleave.Database(metadata, migrations=MIGRATIONS / "notifications")
 
     async def list_notifications(self, req: ListNotifications) -> NotificationList:
         async with self.db.read() as tx:
@@ -58,6 +63,13 @@ class NotificationsService(cleave.Service, implements=Notifications):
 
     async def _record(self, order_id: str, account_id: str, kind: str, text: str) -> None:
         async with self.db.transaction() as tx:
+            sent = await tx.scalar(
+                sa.select(notifications.c.notification_id)
+                .where(notifications.c.order_id == order_id)
+                .where(notifications.c.kind == kind)
+            )
+            if sent is not None:
+                return
             await tx.execute(
                 notifications.insert().values(
                     notification_id=f"ntf_{os.urandom(8).hex()}",

@@ -1,10 +1,15 @@
-"""The orders service: checkout and order status.
+"""The orders service: checkout, as a saga, and order status.
 
-Checkout validates the order against the catalog and billing, records it as
-pending, reserves stock, charges the account and confirms; a rejected
-reservation or a declined charge cancels it with a reason and gives back
-what was taken. The request id of the call (the gateway's Idempotency-Key)
-identifies the order, so a repeated request returns the same order.
+Checkout validates the order against the catalog and billing, then records
+the order as ``pending`` together with its checkout saga, in one
+transaction. The saga reserves stock, charges the account and confirms; a
+"no" from inventory or billing, or a step still failing when the saga's time
+is up, compensates (refund, release) and cancels the order with a reason.
+The saga's record lives in this service's database, so a crash anywhere
+resumes it: no order stays pending for ever.
+
+The request id of the call (the gateway's Idempotency-Key) identifies the
+order, so a repeated request returns the same order.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import hashlib
 import os
 import time
+from pathlib import Path
 
 import msgspec
 import sqlalchemy as sa
@@ -26,8 +32,10 @@ from shop.contracts.inventory import Inventory, Release, Reserve
 from shop.contracts.orders import (
     GetOrder,
     Line,
+    ListOrders,
     OrderCancelled,
     OrderConfirmed,
+    OrderList,
     Orders,
     OrderView,
     PlaceOrder,
@@ -35,6 +43,7 @@ from shop.contracts.orders import (
 
 log = structlog.get_logger("shop.orders")
 
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 metadata = sa.MetaData()
 orders = sa.Table(
     "orders",
@@ -42,7 +51,7 @@ orders = sa.Table(
     sa.Column("order_id", sa.String(64), primary_key=True),
     sa.Column("request_key", sa.String(255), nullable=False, unique=True),
     sa.Column("fingerprint", sa.String(64), nullable=False),
-    sa.Column("account_id", sa.String(64), nullable=False),
+    sa.Column("account_id", sa.String(64), nullable=False, index=True),
     sa.Column("status", sa.String(16), nullable=False, index=True),
     sa.Column("total_cents", sa.BigInteger, nullable=False),
     sa.Column("items", sa.LargeBinary, nullable=False),
@@ -52,6 +61,13 @@ orders = sa.Table(
 )
 
 _lines = msgspec.json.Decoder(tuple[Line, ...])
+
+
+class CheckoutState(cleave.Message):
+    order_id: str
+    account_id: str
+    items: tuple[Line, ...]
+    total_cents: int
 
 
 def _view(row: sa.Row[tuple[object, ...]]) -> OrderView:
@@ -66,10 +82,14 @@ def _view(row: sa.Row[tuple[object, ...]]) -> OrderView:
 
 
 class OrdersService(cleave.Service, implements=Orders):
-    db = cleave.Database(metadata)
+    db = cleave.Database(metadata, migrations=MIGRATIONS / "orders")
     catalog = cleave.use(Catalog)
     inventory = cleave.use(Inventory)
     billing = cleave.use(Billing)
+
+    checkout = cleave.Saga(CheckoutState, timeout=20.0, step_timeout=5.0)
+
+    # -- the contract ------------------------------------------------------------------------
 
     async def get_order(self, req: GetOrder) -> OrderView:
         row = await self._find(orders.c.order_id == req.order_id)
@@ -77,13 +97,24 @@ class OrdersService(cleave.Service, implements=Orders):
             raise cleave.NotFound(f"no order {req.order_id!r}")
         return _view(row)
 
+    async def list_orders(self, req: ListOrders) -> OrderList:
+        async with self.db.read() as tx:
+            rows = (
+                await tx.execute(
+                    sa.select(orders)
+                    .where(orders.c.account_id == req.account_id)
+                    .order_by(orders.c.created_at)
+                )
+            ).all()
+        return OrderList(orders=tuple(_view(r) for r in rows))
+
     async def place_order(self, req: PlaceOrder) -> OrderView:
         ctx = cleave.current()
         key = ctx.request_id if ctx is not None else new_request_id()
         fingerprint = hashlib.blake2b(msgspec.msgpack.encode(req), digest_size=16).hexdigest()
         existing = await self._find(orders.c.request_key == key)
         if existing is not None:
-            return self._same_request(existing, fingerprint, key)
+            return self._same_request(existing, fingerprint)
         total = await self._validate(req)
         order_id = f"ord_{os.urandom(8).hex()}"
         now = time.time()
@@ -103,62 +134,84 @@ class OrdersService(cleave.Service, implements=Orders):
                         updated_at=now,
                     )
                 )
+                await self.checkout.create(
+                    order_id,
+                    CheckoutState(
+                        order_id=order_id,
+                        account_id=req.account_id,
+                        items=req.items,
+                        total_cents=total,
+                    ),
+                )
         except sa.exc.IntegrityError:
             # The same request arrived twice at once; the other one created the order.
             existing = await self._find(orders.c.request_key == key)
-            assert existing is not None
-            return self._same_request(existing, fingerprint, key)
-        return await self._checkout(order_id, req, total)
+            if existing is None:
+                raise
+            return self._same_request(existing, fingerprint)
+        await self.checkout.run(order_id)  # until done, or until our caller's deadline
+        return await self.get_order(GetOrder(order_id=order_id))
 
-    async def _checkout(self, order_id: str, req: PlaceOrder, total: int) -> OrderView:
-        try:
-            reservation = await self.inventory.reserve(Reserve(order_id=order_id, lines=req.items))
-        except cleave.CallError as exc:
-            await self.inventory.release(Release(order_id=order_id))
-            return await self._cancel(order_id, f"could not reserve stock: {exc}")
+    # -- the checkout saga -------------------------------------------------------------------
+
+    @checkout.step
+    async def reserve(self, s: CheckoutState) -> CheckoutState:
+        reservation = await self.inventory.reserve(Reserve(order_id=s.order_id, lines=s.items))
         if reservation.status != "reserved":
-            return await self._cancel(order_id, reservation.reason or "stock not available")
-        try:
-            receipt = await self.billing.charge(
-                Charge(order_id=order_id, account_id=req.account_id, amount_cents=total)
-            )
-        except cleave.CallError as exc:
-            await self.billing.refund(Refund(order_id=order_id))
-            await self.inventory.release(Release(order_id=order_id))
-            return await self._cancel(order_id, f"could not charge: {exc}")
+            raise cleave.Abort(reservation.reason or "stock not available")
+        return s
+
+    @checkout.compensation(reserve)
+    async def release(self, s: CheckoutState) -> None:
+        await self.inventory.release(Release(order_id=s.order_id))
+
+    @checkout.step
+    async def charge(self, s: CheckoutState) -> CheckoutState:
+        receipt = await self.billing.charge(
+            Charge(order_id=s.order_id, account_id=s.account_id, amount_cents=s.total_cents)
+        )
         if receipt.status != "captured":
-            await self.inventory.release(Release(order_id=order_id))
-            return await self._cancel(order_id, f"payment declined: {receipt.reason}")
-        return await self._finish(order_id, "confirmed", None)
+            raise cleave.Abort(f"payment declined: {receipt.reason}")
+        return s
 
-    async def _cancel(self, order_id: str, reason: str) -> OrderView:
-        return await self._finish(order_id, "cancelled", reason)
+    @checkout.compensation(charge)
+    async def refund(self, s: CheckoutState) -> None:
+        await self.billing.refund(Refund(order_id=s.order_id))
 
-    async def _finish(self, order_id: str, status: str, reason: str | None) -> OrderView:
-        async with self.db.transaction() as tx:
-            await tx.execute(
-                orders.update()
-                .where(orders.c.order_id == order_id)
-                .values(status=status, reason=reason, updated_at=time.time())
-            )
-            row = (await tx.execute(sa.select(orders).where(orders.c.order_id == order_id))).one()
-            view = _view(row)
-            if status == "confirmed":
+    @checkout.step(local=True)
+    async def confirm(self, s: CheckoutState) -> CheckoutState:
+        if await self._finish(s.order_id, "confirmed", None):
+            async with self.db.transaction() as tx:
                 tx.publish(
                     OrderConfirmed(
-                        order_id=order_id,
-                        account_id=view.account_id,
-                        total_cents=view.total_cents,
-                        items=view.items,
+                        order_id=s.order_id,
+                        account_id=s.account_id,
+                        total_cents=s.total_cents,
+                        items=s.items,
                     )
                 )
-            else:
+        return s
+
+    @checkout.on_failure
+    async def cancel(self, s: CheckoutState, reason: str) -> None:
+        if await self._finish(s.order_id, "cancelled", reason):
+            async with self.db.transaction() as tx:
                 tx.publish(
-                    OrderCancelled(
-                        order_id=order_id, account_id=view.account_id, reason=reason or ""
-                    )
+                    OrderCancelled(order_id=s.order_id, account_id=s.account_id, reason=reason)
                 )
-        return view
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    async def _finish(self, order_id: str, status: str, reason: str | None) -> bool:
+        """Move a pending order to its final status; False if it was not pending."""
+        async with self.db.transaction() as tx:
+            updated = await tx.execute(
+                orders.update()
+                .where(orders.c.order_id == order_id)
+                .where(orders.c.status == "pending")
+                .values(status=status, reason=reason, updated_at=time.time())
+            )
+        return bool(updated.rowcount)
 
     async def _validate(self, req: PlaceOrder) -> int:
         """Check SKUs and account; return the order's total in cents."""
@@ -192,7 +245,7 @@ class OrdersService(cleave.Service, implements=Orders):
             return (await tx.execute(sa.select(orders).where(where))).first()
 
     @staticmethod
-    def _same_request(row: sa.Row[tuple[object, ...]], fingerprint: str, key: str) -> OrderView:
+    def _same_request(row: sa.Row[tuple[object, ...]], fingerprint: str) -> OrderView:
         if row.fingerprint != fingerprint:
             raise cleave.Conflict(
                 "this Idempotency-Key was already used for a different order; "

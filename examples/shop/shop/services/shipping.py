@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -17,6 +18,7 @@ from shop.contracts.shipping import (
     Shipping,
 )
 
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 metadata = sa.MetaData()
 shipments = sa.Table(
     "shipments",
@@ -30,7 +32,7 @@ shipments = sa.Table(
 
 
 class ShippingService(cleave.Service, implements=Shipping):
-    db = cleave.Database(metadata)
+    db = cleave.Database(metadata, migrations=MIGRATIONS / "shipping")
 
     async def list_shipments(self, req: ListShipments) -> ShipmentList:
         async with self.db.read() as tx:

@@ -1,0 +1,583 @@
+"""Sagas: multi-service workflows that finish, or undo what they did, across crashes.
+
+A saga is declared on the orchestrating service, with its state as a Message,
+its steps in order, a compensation per step that needs one, and what to do
+when it fails::
+
+    class OrdersService(cleave.Service, implements=Orders):
+        checkout = cleave.Saga(CheckoutState, timeout=20.0)
+
+        @checkout.step
+        async def reserve(self, s: CheckoutState) -> CheckoutState:
+            r = await self.inventory.reserve(Reserve(order_id=s.order_id, lines=s.items))
+            if r.status != "reserved":
+                raise cleave.Abort(r.reason or "no stock")       # compensate, then fail
+            return s
+
+        @checkout.compensation(reserve)
+        async def release(self, s: CheckoutState) -> None:
+            await self.inventory.release(Release(order_id=s.order_id))
+
+        @checkout.step(local=True)                             # atomic with the saga's record
+        async def confirm(self, s: CheckoutState) -> CheckoutState: ...
+
+        @checkout.on_failure                                   # atomic with the saga's record
+        async def cancel(self, s: CheckoutState, reason: str) -> None: ...
+
+and started with ``await self.checkout.create(saga_id, state)`` (inside the
+transaction that records the business object, if you like) and ``await
+self.checkout.run(saga_id)``, or both at once with ``start``.
+
+Rules the engine keeps:
+
+- The saga's record (``cleave_sagas``: state, next step, data) is in the
+  service's own database and updated after every step, so a crash resumes it
+  from where it stopped: every host runs a recovery loop that picks up sagas
+  whose lease has run out.
+- A step's calls carry request ids derived from the saga id and the step name
+  (``saga-<id>.<step>.1``...), the same on every attempt, so idempotent
+  methods replay instead of acting twice. A step must be safe to repeat.
+- A failed call that may succeed later (unavailable, timed out, crashed) is
+  retried with backoff; a typed error or :class:`Abort` is a "no".
+- A saga past its ``timeout`` stops retrying and compensates: nothing stays
+  in the middle for ever.
+- Compensation runs for the failing step and every step before it, in
+  reverse; a compensation must be safe when its step did not happen. It is
+  retried until it succeeds.
+- ``local=True`` steps and the failure hook run in the same database
+  transaction as the saga's record: they happen exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
+
+import msgspec
+import sqlalchemy as sa
+import structlog
+
+from cleave.context import CallContext, _current
+from cleave.data import schema
+from cleave.errors import CallError, CleaveError, DefinitionError, LifecycleError, ServiceError
+from cleave.messages import Message, to_msgpack
+
+if TYPE_CHECKING:
+    from cleave.data.database import Database, Transaction
+
+__all__ = ["Abort", "Saga", "SagaOutcome", "SagaRunner"]
+
+log = structlog.get_logger("cleave.saga")
+
+S = TypeVar("S", bound=Message)
+F = TypeVar("F", bound=Callable[..., Any])
+
+Status = Literal["running", "done", "failed"]
+
+
+class Abort(CleaveError):
+    """Raised by a saga step to say no: the saga compensates and fails with ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SagaOutcome(msgspec.Struct, frozen=True):
+    """Where a saga stands: still ``running``, ``done``, or ``failed`` (compensated)."""
+
+    saga_id: str
+    status: Status
+    state: Any
+    reason: str | None = None
+
+
+class _Step:
+    __slots__ = ("compensate", "fn", "local", "name")
+
+    def __init__(self, fn: Callable[..., Awaitable[Any]], local: bool) -> None:
+        self.fn = fn
+        self.name = fn.__name__
+        self.local = local
+        self.compensate: Callable[..., Awaitable[Any]] | None = None
+
+
+class Saga(Generic[S]):
+    """A saga declared on a service class; on an instance it is a :class:`SagaRunner`."""
+
+    def __init__(
+        self,
+        state: type[S],
+        *,
+        timeout: float = 30.0,
+        step_timeout: float = 5.0,
+        lease: float = 10.0,
+    ) -> None:
+        if not (isinstance(state, type) and issubclass(state, Message)):
+            raise DefinitionError(f"cleave.Saga() takes the saga's state Message, got {state!r}")
+        self.state = state
+        self.timeout = timeout
+        self.step_timeout = step_timeout
+        self.lease = max(lease, step_timeout * 2)
+        self.steps: list[_Step] = []
+        self.failure_hook: Callable[..., Awaitable[None]] | None = None
+        self.attr = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.attr = name
+
+    @overload
+    def step(self, fn: F, /) -> F: ...
+    @overload
+    def step(self, fn: None = None, /, *, local: bool = False) -> Callable[[F], F]: ...
+    def step(self, fn: F | None = None, /, *, local: bool = False) -> F | Callable[[F], F]:
+        """Register the next step: ``async def step(self, state) -> state``."""
+
+        def register(f: F) -> F:
+            if not asyncio.iscoroutinefunction(f):
+                raise DefinitionError(f"saga step {f.__qualname__} must be `async def`")
+            self.steps.append(_Step(f, local))
+            return f
+
+        return register(fn) if fn is not None else register
+
+    def compensation(self, step: Callable[..., Any]) -> Callable[[F], F]:
+        """Register the undo of ``step``: ``async def undo(self, state) -> None``."""
+        target = next((s for s in self.steps if s.fn is step), None)
+        if target is None:
+            raise DefinitionError(
+                f"{getattr(step, '__qualname__', step)} is not a step of this saga; declare "
+                "the step (with @saga.step) before its compensation"
+            )
+
+        def register(f: F) -> F:
+            if not asyncio.iscoroutinefunction(f):
+                raise DefinitionError(f"compensation {f.__qualname__} must be `async def`")
+            target.compensate = f
+            return f
+
+        return register
+
+    def on_failure(self, fn: F) -> F:
+        """Register what to do once compensated: ``async def hook(self, state, reason)``."""
+        self.failure_hook = fn
+        return fn
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> Saga[S]: ...
+    @overload
+    def __get__(self, obj: object, owner: type) -> SagaRunner[S]: ...
+    def __get__(self, obj: object | None, owner: type) -> Saga[S] | SagaRunner[S]:
+        if obj is None:
+            return self
+        raise LifecycleError(
+            f"{owner.__name__}.{self.attr} is not bound: the service is not running in a Cleave "
+            f"host. In a unit test, use cleave.testing.build({owner.__name__})"
+        )
+
+
+class SagaRunner(Generic[S]):
+    """Runs the sagas of one kind for one service instance."""
+
+    def __init__(
+        self, saga: Saga[S], instance: object, db: Database, *, service: str, owner: str
+    ) -> None:
+        if not saga.steps:
+            raise DefinitionError(f"saga {service}.{saga.attr} has no steps")
+        self.saga = saga
+        self.instance = instance
+        self.db = db
+        self.service = service
+        self.kind = f"{service}.{saga.attr}"
+        self.owner = owner
+        self.decoder = msgspec.msgpack.Decoder(saga.state)
+        self._driving: dict[str, asyncio.Task[SagaOutcome]] = {}
+        self._recovery: asyncio.Task[None] | None = None
+        self._limit = asyncio.Semaphore(64)
+        self.completed = 0
+        self.failed = 0
+
+    # -- the author's API --------------------------------------------------------------------
+
+    async def create(self, saga_id: str, state: S) -> bool:
+        """Record a new saga (joins an open transaction); False if it already exists."""
+        if type(state) is not self.saga.state:
+            raise DefinitionError(
+                f"saga {self.kind} takes {self.saga.state.__name__}, got {type(state).__name__}"
+            )
+        now = time.time()
+        table = schema.sagas
+        async with self.db.transaction() as tx:
+            exists = await tx.scalar(sa.select(table.c.state).where(table.c.saga_id == saga_id))
+            if exists is not None:
+                return False
+            await tx.execute(
+                table.insert().values(
+                    saga_id=saga_id,
+                    kind=self.kind,
+                    state="running",
+                    step=0,
+                    data=to_msgpack(state),
+                    attempts=0,
+                    reason=None,
+                    last_error=None,
+                    next_attempt_at=now,
+                    deadline_at=now + self.saga.timeout,
+                    # Ours from the start: the caller drives it next (run); recovery elsewhere
+                    # takes it only if we die first.
+                    owner=self.owner,
+                    lease_until=now + self.saga.lease,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        return True
+
+    async def run(self, saga_id: str, wait: float | None = None) -> SagaOutcome:
+        """Drive the saga; return once it is done or failed, or after ``wait`` seconds.
+
+        ``wait`` defaults to what is left of the current call's deadline (less a
+        margin to answer in). A saga still running then carries on in the
+        background; :meth:`get` tells how it ended.
+        """
+        task = self._driver(saga_id)
+        if wait is None:
+            ctx = _current.get()
+            wait = max(0.0, ctx.deadline - time.time() - 0.25) if ctx else self.saga.timeout
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), wait)
+        except TimeoutError:
+            outcome = await self.get(saga_id)
+            assert outcome is not None
+            return outcome
+
+    async def start(self, saga_id: str, state: S, wait: float | None = None) -> SagaOutcome:
+        """:meth:`create` then :meth:`run`."""
+        await self.create(saga_id, state)
+        return await self.run(saga_id, wait)
+
+    async def get(self, saga_id: str) -> SagaOutcome | None:
+        """The saga's outcome so far, or None if there is no such saga."""
+        table = schema.sagas
+        async with self.db.read() as tx:
+            row = (await tx.execute(sa.select(table).where(table.c.saga_id == saga_id))).first()
+        return None if row is None else self._outcome(row)
+
+    # -- the engine --------------------------------------------------------------------------
+
+    def _driver(self, saga_id: str) -> asyncio.Task[SagaOutcome]:
+        """The task driving ``saga_id`` in this process, started if there is none."""
+        task = self._driving.get(saga_id)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._drive(saga_id))
+            self._driving[saga_id] = task
+
+            def forget(_: asyncio.Task[SagaOutcome]) -> None:
+                self._driving.pop(saga_id, None)
+
+            task.add_done_callback(forget)
+        return task
+
+    def _outcome(self, row: Any) -> SagaOutcome:
+        status: Status = (
+            "done" if row.state == "done" else ("failed" if row.state == "failed" else "running")
+        )
+        return SagaOutcome(row.saga_id, status, self.decoder.decode(row.data), row.reason)
+
+    async def _claim(self, saga_id: str) -> Any:
+        """Take (or renew) the lease on a saga; its row, or None if another owner drives it."""
+        table = schema.sagas
+        now = time.time()
+        async with self.db.transaction() as tx:
+            row = (await tx.execute(sa.select(table).where(table.c.saga_id == saga_id))).first()
+            if row is None or row.state in ("done", "failed"):
+                return row
+            if row.owner not in ("", self.owner) and row.lease_until > now:
+                return None
+            await tx.execute(
+                table.update()
+                .where(table.c.saga_id == saga_id)
+                .values(owner=self.owner, lease_until=now + self.saga.lease)
+            )
+        return row
+
+    async def _save(self, tx: Transaction, saga_id: str, **values: Any) -> None:
+        table = schema.sagas
+        now = time.time()
+        values.setdefault("lease_until", now + self.saga.lease)
+        result = await tx.execute(
+            table.update()
+            .where(table.c.saga_id == saga_id)
+            .where(table.c.owner == self.owner)
+            .values(updated_at=now, **values)
+        )
+        if result.rowcount != 1:
+            raise _LostLease(saga_id)
+
+    async def _drive(self, saga_id: str) -> SagaOutcome:
+        async with self._limit:
+            try:
+                while True:
+                    row = await self._claim(saga_id)
+                    if row is None:
+                        outcome = await self.get(saga_id)
+                        if outcome is None:
+                            raise LifecycleError(f"saga {saga_id} disappeared")
+                        return outcome
+                    if row.state in ("done", "failed"):
+                        return self._outcome(row)
+                    pause = row.next_attempt_at - time.time()
+                    if pause > 0:
+                        await asyncio.sleep(min(pause, self.saga.lease / 3))
+                        continue
+                    if row.state == "running":
+                        await self._forward(row)
+                    else:
+                        await self._backward(row)
+            except _LostLease:
+                log.info("saga taken over by another owner", saga_id=saga_id, kind=self.kind)
+                outcome = await self.get(saga_id)
+                assert outcome is not None
+                return outcome
+
+    async def _forward(self, row: Any) -> None:
+        saga = self.saga
+        state = self.decoder.decode(row.data)
+        step = saga.steps[row.step]
+        now = time.time()
+        if now >= row.deadline_at:
+            reason = f"timed out after {saga.timeout:g}s in step {step.name}" + (
+                f" ({row.last_error})" if row.last_error else ""
+            )
+            await self._to_compensation(row, reason)
+            return
+        try:
+            if step.local:
+                async with self.db.transaction() as tx:
+                    new_state = await self._call(
+                        step.fn, row, step.name, (state,), row.deadline_at - now
+                    )
+                    await self._advance(tx, row, new_state)
+                return
+            new_state = await self._call(
+                step.fn, row, step.name, (state,), min(saga.step_timeout, row.deadline_at - now)
+            )
+        except Abort as exc:
+            await self._to_compensation(row, exc.reason)
+            return
+        except ServiceError as exc:
+            await self._to_compensation(row, f"{step.name}: {exc}")
+            return
+        except _LostLease:
+            raise
+        except Exception as exc:
+            await self._retry(row, f"{step.name}: {_describe(exc)}")
+            return
+        async with self.db.transaction() as tx:
+            await self._advance(tx, row, new_state)
+
+    async def _advance(self, tx: Transaction, row: Any, new_state: Any) -> None:
+        if type(new_state) is not self.saga.state:
+            raise DefinitionError(
+                f"saga step {self.kind}.{self.saga.steps[row.step].name} must return the "
+                f"saga's {self.saga.state.__name__}, got {type(new_state).__name__}"
+            )
+        done = row.step + 1 >= len(self.saga.steps)
+        values: dict[str, Any] = {"lease_until": 0.0} if done else {}
+        await self._save(
+            tx,
+            row.saga_id,
+            step=row.step + 1,
+            data=to_msgpack(new_state),
+            attempts=0,
+            last_error=None,
+            state="done" if done else "running",
+            next_attempt_at=time.time(),
+            **values,
+        )
+        if done:
+            self.completed += 1
+
+    async def _to_compensation(self, row: Any, reason: str) -> None:
+        log.info("saga compensating", saga_id=row.saga_id, kind=self.kind, reason=reason)
+        async with self.db.transaction() as tx:
+            # The failing step is compensated too: it may have happened in part.
+            await self._save(
+                tx,
+                row.saga_id,
+                state="compensating",
+                step=min(row.step, len(self.saga.steps) - 1),
+                attempts=0,
+                reason=reason,
+                next_attempt_at=time.time(),
+            )
+
+    async def _backward(self, row: Any) -> None:
+        state = self.decoder.decode(row.data)
+        if row.step < 0:
+            try:
+                async with self.db.transaction() as tx:
+                    if self.saga.failure_hook is not None:
+                        await self._call(
+                            self.saga.failure_hook,
+                            row,
+                            "on_failure",
+                            (state, row.reason or "failed"),
+                            self.saga.step_timeout,
+                        )
+                    await self._save(tx, row.saga_id, state="failed", lease_until=0.0)
+            except _LostLease:
+                raise
+            except Exception as exc:
+                await self._retry(row, f"on_failure: {_describe(exc)}")
+                return
+            self.failed += 1
+            return
+        step = self.saga.steps[row.step]
+        if step.compensate is not None:
+            try:
+                await self._call(
+                    step.compensate, row, step.compensate.__name__, (state,), self.saga.step_timeout
+                )
+            except _LostLease:
+                raise
+            except Exception as exc:
+                await self._retry(row, f"{step.compensate.__name__}: {_describe(exc)}")
+                return
+        async with self.db.transaction() as tx:
+            await self._save(
+                tx,
+                row.saga_id,
+                step=row.step - 1,
+                attempts=0,
+                last_error=None,
+                next_attempt_at=time.time(),
+            )
+
+    async def _retry(self, row: Any, error: str) -> None:
+        attempts = row.attempts + 1
+        delay = min(5.0, 0.1 * 2 ** min(attempts, 6)) * random.uniform(0.7, 1.3)
+        log.warning(
+            "saga step failed; will retry",
+            saga_id=row.saga_id,
+            kind=self.kind,
+            error=error,
+            attempt=attempts,
+            retry_in=round(delay, 2),
+        )
+        async with self.db.transaction() as tx:
+            await self._save(
+                tx,
+                row.saga_id,
+                attempts=attempts,
+                last_error=error[:500],
+                next_attempt_at=time.time() + delay,
+            )
+
+    async def _call(
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        row: Any,
+        label: str,
+        args: tuple[Any, ...],
+        timeout: float,
+    ) -> Any:
+        timeout = max(timeout, 0.05)
+        ctx = CallContext(time.time() + timeout, f"saga-{row.saga_id}.{label}", self.service)
+        token = _current.set(ctx)
+        try:
+            async with asyncio.timeout(timeout):
+                return await fn(self.instance, *args)
+        except TimeoutError:
+            raise _StepTimeout(f"{label} took over {timeout:.2f}s") from None
+        finally:
+            _current.reset(token)
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    def start_recovery(self, interval: float = 1.0) -> None:
+        """Resume, in the background, sagas left by a crash (or by another replica)."""
+        self._recovery = asyncio.get_running_loop().create_task(self._recover(interval))
+
+    async def _recover(self, interval: float) -> None:
+        table = schema.sagas
+        while True:
+            try:
+                now = time.time()
+                async with self.db.read() as tx:
+                    ids = (
+                        (
+                            await tx.execute(
+                                sa.select(table.c.saga_id)
+                                .where(table.c.kind == self.kind)
+                                .where(table.c.state.in_(("running", "compensating")))
+                                .where(
+                                    sa.or_(table.c.lease_until < now, table.c.owner == self.owner)
+                                )
+                                .where(table.c.next_attempt_at <= now + interval)
+                                .limit(200)
+                            )
+                        )
+                        .scalars()
+                        .all()
+                    )
+                for saga_id in ids:
+                    self._driver(saga_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("saga recovery failed; retrying", kind=self.kind, error=_describe(exc))
+            await asyncio.sleep(interval)
+
+    async def pending(self) -> int:
+        """Sagas of this kind not finished yet."""
+        table = schema.sagas
+        async with self.db.read() as tx:
+            n = await tx.scalar(
+                sa.select(sa.func.count())
+                .select_from(table)
+                .where(table.c.kind == self.kind)
+                .where(table.c.state.in_(("running", "compensating")))
+            )
+        return int(n or 0)
+
+    async def stop(self) -> None:
+        """Stop driving; sagas in progress keep their record and are resumed later."""
+        if self._recovery is not None:
+            self._recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery
+            self._recovery = None
+        tasks = list(self._driving.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        # Hand our leases back so another replica need not wait for them to run out.
+        table = schema.sagas
+        with contextlib.suppress(Exception):
+            async with self.db.transaction() as tx:
+                await tx.execute(
+                    table.update()
+                    .where(table.c.owner == self.owner)
+                    .where(table.c.state.in_(("running", "compensating")))
+                    .values(lease_until=0.0)
+                )
+
+
+class _LostLease(Exception):
+    """Another owner took the saga over; stop driving it."""
+
+
+class _StepTimeout(Exception):
+    pass
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, CallError):
+        return f"{exc.kind}: {exc}"
+    return f"{type(exc).__name__}: {exc}"
