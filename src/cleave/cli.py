@@ -159,6 +159,42 @@ def ps(
 
 
 @app.command()
+def status(
+    path: AppArg = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    state_dir: StateOpt = None,
+) -> None:
+    """Outbox backlogs, event consumers and sagas of a running `cleave up`."""
+    from cleave.runtime import control
+
+    loaded = _load(path, state_dir)
+    try:
+        workers: dict[str, Any] = control.request(loaded, "GET", "/api/status")["workers"]
+    except CleaveError as exc:
+        _fail(str(exc))
+    if as_json:
+        sys.stdout.write(json.dumps(workers, indent=2) + "\n")
+        return
+    table = Table(title=f"{loaded.app.name}: status", title_justify="left")
+    for col in ("worker", "outbox", "sagas running", "consumers (pending / dead letters)"):
+        table.add_column(col)
+    for label, st in workers.items():
+        if "error" in st:
+            table.add_row(label, f"[red]{st['error']}[/]", "", "")
+            continue
+        outbox = ", ".join(f"{k}: {v}" for k, v in st["outbox"].items()) or "-"
+        sagas = ", ".join(f"{k}: {v}" for k, v in st["sagas"].items()) or "-"
+        consumers = (
+            ", ".join(
+                f"{k}: {v['pending']}/{v['dead_lettered']}" for k, v in st["consumers"].items()
+            )
+            or "-"
+        )
+        table.add_row(label, outbox, sagas, consumers)
+    console.print(table)
+
+
+@app.command()
 def down(path: AppArg = None, state_dir: StateOpt = None) -> None:
     """Stop a running `cleave up`: the gateway, the workers, then NATS."""
     from cleave.runtime import control

@@ -10,7 +10,7 @@ plan, with the defaults::
 
     [runtime]
     timeout = 10.0                # seconds a call may take when its caller sets no deadline
-    event_timeout = 30.0          # seconds an event handler may take
+    event_timeout = 10.0          # seconds an event handler may take (redelivered 5 s after)
     strict = false                # monolith: round-trip every local call through the codec
 
     [gateway]
@@ -76,7 +76,7 @@ class AppSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 
 class RuntimeSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     timeout: Seconds = 10.0
-    event_timeout: Seconds = 30.0
+    event_timeout: Seconds = 10.0
     strict: bool = False
 
 

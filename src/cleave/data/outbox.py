@@ -131,7 +131,11 @@ class OutboxRelay:
                     subject=r.subject,
                     data=r.payload,
                     msg_id=r.event_id,
-                    headers={"traceparent": r.traceparent} if r.traceparent else {},
+                    headers=(
+                        {"Cleave-Event-Id": r.event_id, "traceparent": r.traceparent}
+                        if r.traceparent
+                        else {"Cleave-Event-Id": r.event_id}
+                    ),
                 )
                 for r in rows
             ]

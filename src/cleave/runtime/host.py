@@ -78,7 +78,10 @@ class Host:
         self.data_dir = data_dir
         self.instance = instance
         self.server = server
-        self.consumer_policy = consumer_policy or ConsumerPolicy()
+        # An unacknowledged delivery comes back once its handler must have given up.
+        self.consumer_policy = consumer_policy or ConsumerPolicy(
+            ack_wait=plan.runtime.event_timeout + 5.0
+        )
         self.router = Router(remote=remote, timeout=plan.runtime.timeout)
         self.instances: dict[str, Service] = {}
         self.databases: dict[str, Database] = {}
@@ -87,6 +90,7 @@ class Host:
         self.consumers: list[EventConsumer] = []
         self.sagas: list[SagaRunner[Any]] = []
         self.subscriptions: list[Subscription] = []
+        self._consumer_subs: list[tuple[EventConsumer, Subscription]] = []
         self.state = HostState.NEW
 
     def client(self, contract: object, caller: str = "client") -> object:
@@ -165,15 +169,36 @@ class Host:
                 timeout=self.plan.runtime.event_timeout,
             )
             self.consumers.append(consumer)
-            self.subscriptions.append(
-                await self.broker.subscribe(
-                    source.stream,
-                    consumer.name,
-                    source.event_subject(sub.event),
-                    consumer.deliver,
-                    self.consumer_policy,
-                )
+            subscription = await self.broker.subscribe(
+                source.stream,
+                consumer.name,
+                source.event_subject(sub.event),
+                consumer.deliver,
+                self.consumer_policy,
             )
+            self.subscriptions.append(subscription)
+            self._consumer_subs.append((consumer, subscription))
+
+    async def status(self) -> dict[str, Any]:
+        """What this host is doing: backlogs, consumers, sagas (for ``cleave status``)."""
+        consumers = {}
+        for consumer, subscription in self._consumer_subs:
+            consumers[consumer.name] = {
+                "processed": consumer.processed,
+                "duplicates": consumer.duplicates,
+                "failures": consumer.failures,
+                "dead_lettered": consumer.dead_lettered,
+                "pending": await subscription.pending(),
+            }
+        return {
+            "services": self.names,
+            "state": self.state.value,
+            "outbox": {name: await relay.backlog() for name, relay in self.relays.items()},
+            "published": {name: relay.published for name, relay in self.relays.items()},
+            "sagas": {runner.kind: await runner.pending() for runner in self.sagas},
+            "consumers": consumers,
+            "in_flight": getattr(self.server, "in_flight", 0),
+        }
 
     async def stop(self) -> None:
         """Stop taking calls and events, let work in progress finish, close databases."""

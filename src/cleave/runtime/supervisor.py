@@ -4,9 +4,11 @@ It starts, in order: the embedded nats-server (unless ``[nats] url`` names
 one), one worker process per service group and replica, then the gateway
 worker (on a socket the supervisor binds, so a busy port fails at once and a
 restarted gateway needs no rebind). It restarts a worker that exits with
-exponential backoff, answers ``cleave ps`` and ``cleave down`` on a loopback
-control API, and on Ctrl-C, SIGTERM or ``cleave down`` stops the gateway,
-then the workers (each drains), then NATS, leaving no process behind. Its
+exponential backoff (0.5 s after a worker that was healthy for 5 s; doubling
+up to 10 s while it keeps dying soon after starting), answers ``cleave ps``
+and ``cleave down`` on a loopback control API, and on Ctrl-C, SIGTERM or
+``cleave down`` stops the gateway, then the workers (each drains), then
+NATS, leaving no process behind. Its
 children die with it even if it is killed (``PR_SET_PDEATHSIG``).
 
 Worker output goes to ``.cleave/logs/<group>.<replica>.log``.
@@ -27,6 +29,7 @@ import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+import httpx
 from rich.console import Console
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -46,6 +49,8 @@ if TYPE_CHECKING:
 __all__ = ["Child", "Supervisor", "run", "start_detached"]
 
 START_TIMEOUT = 60.0
+#: A worker ready this long before it exits is restarted at once (not backed off).
+STABLE_AFTER = 5.0
 STOP_TIMEOUT = 20.0
 
 
@@ -62,9 +67,11 @@ class Child:
         self.started_at: float | None = None
         self.restarts = 0
         self.failures = 0
+        self.ready_at: float | None = None
         self.ever_ready = False
         self.last_exit: int | None = None
         self.version = ""
+        self.admin_port: int | None = None
         self.proc: asyncio.subprocess.Process | None = None
         self.ready = asyncio.Event()
         self.stopping = False
@@ -290,8 +297,10 @@ class Supervisor:
                 )
                 return
         else:
-            up_for = time.time() - (child.started_at or time.time())
-            child.failures = 1 if up_for > 30 else child.failures + 1
+            # Healthy for a while, then killed: restart at once. Dying again and again
+            # soon after becoming ready is a crash loop: back off.
+            healthy_for = time.time() - (child.ready_at or time.time())
+            child.failures = 1 if healthy_for >= STABLE_AFTER else child.failures + 1
         delay = min(10.0, 0.25 * 2**child.failures) * random.uniform(0.8, 1.2)
         child.status = "restarting"
         self._say(
@@ -323,7 +332,9 @@ class Supervisor:
                     if state == "ready":
                         child.status = "ready"
                         child.ever_ready = True
+                        child.ready_at = time.time()
                         child.version = note.get("version", "")
+                        child.admin_port = note.get("admin_port")
                         child.ready.set()
                         self._write_state()
                     elif state == "draining":
@@ -411,6 +422,21 @@ class Supervisor:
             },
         )
 
+    async def status(self) -> dict[str, Any]:
+        """Each ready worker's own status (outbox, consumers, sagas), by label."""
+
+        async def one(child: Child) -> tuple[str, Any]:
+            if child.status != "ready" or child.admin_port is None:
+                return child.label, {"error": f"worker is {child.status}"}
+            try:
+                async with httpx.AsyncClient(timeout=3) as client:
+                    resp = await client.get(f"http://127.0.0.1:{child.admin_port}/status")
+                return child.label, resp.json()
+            except (httpx.HTTPError, ValueError) as exc:
+                return child.label, {"error": f"{type(exc).__name__}: {exc}"}
+
+        return dict(await asyncio.gather(*(one(c) for c in self.children)))
+
     def processes(self) -> list[dict[str, Any]]:
         return [row for c in self.children for row in c.rows()]
 
@@ -426,6 +452,9 @@ class Supervisor:
                 }
             )
 
+        async def status(request: Request) -> JSONResponse:
+            return JSONResponse({"app": self.loaded.app.name, "workers": await self.status()})
+
         async def down(request: Request) -> JSONResponse:
             self._stop.set()
             return JSONResponse({"stopping": True})
@@ -433,6 +462,7 @@ class Supervisor:
         return Starlette(
             routes=[
                 Route("/api/ps", ps, methods=["GET"]),
+                Route("/api/status", status, methods=["GET"]),
                 Route("/api/down", down, methods=["POST"]),
             ]
         )

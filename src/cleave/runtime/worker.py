@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from cleave.app import LoadedApp, load
+from cleave.runtime.admin import Health, admin_app
+from cleave.runtime.http import HttpServer
 from cleave.runtime.procs import die_with_parent
 
 __all__ = ["main"]
@@ -43,76 +45,67 @@ class _Notifier:
             self._file = None  # the supervisor is gone; PDEATHSIG will stop us
 
 
-async def _serve_group(
+async def _serve(
     loaded: LoadedApp, args: argparse.Namespace, stop: asyncio.Event, notify: _Notifier
 ) -> None:
+    from cleave.gateway.asgi import build_asgi
     from cleave.runtime.host import Host
     from cleave.transport.jetstream import JetStreamBroker
     from cleave.transport.nats import NatsRpcClient, NatsRpcServer, connect
 
-    names = list(loaded.groups()[args.group])
-    prefix = loaded.plan.nats.prefix
-    label = f"{args.group}.{args.replica}"
-    nc = await connect(args.nats, f"{loaded.app.name}.{label}")
+    app, plan = loaded.app, loaded.plan
+    gateway = args.role == "gateway"
+    if gateway and app.gateway is None:
+        raise SystemExit(f"app {app.name} has no gateway")
+    names = [] if gateway else list(loaded.groups()[args.group])
+    label = f"{'gateway' if gateway else args.group}.{args.replica}"
+    instance = f"{label}-{os.getpid()}"
+    prefix = plan.nats.prefix
+    nc = await connect(args.nats, f"{app.name}.{label}")
     try:
-        instance = f"{label}-{os.getpid()}"
+        server = (
+            None
+            if gateway
+            else NatsRpcServer(nc, instance=instance, version=plan.app.version, prefix=prefix)
+        )
         host = Host(
-            loaded.app,
-            loaded.plan,
+            app,
+            plan,
             names,
             broker=JetStreamBroker(nc, prefix=prefix),
             data_dir=loaded.data_dir,
             instance=instance,
             remote=NatsRpcClient(nc, prefix=prefix),
-            server=NatsRpcServer(
-                nc, instance=instance, version=loaded.plan.app.version, prefix=prefix
-            ),
+            server=server,
         )
+        health = Health()
+        admin = HttpServer(admin_app(health, host.status), "127.0.0.1", 0)
+        await admin.start()
         await host.start()
-        notify.send("ready", services=names, version=loaded.plan.app.version)
-        await stop.wait()
-        notify.send("draining")
-        await host.stop()
-    finally:
-        await nc.close()
-
-
-async def _serve_gateway(
-    loaded: LoadedApp, args: argparse.Namespace, stop: asyncio.Event, notify: _Notifier
-) -> None:
-    from cleave.gateway.asgi import build_asgi
-    from cleave.runtime.host import Host
-    from cleave.runtime.http import HttpServer
-    from cleave.transport.jetstream import JetStreamBroker
-    from cleave.transport.nats import NatsRpcClient, connect
-
-    app = loaded.app
-    if app.gateway is None:
-        raise SystemExit(f"app {app.name} has no gateway")
-    nc = await connect(args.nats, f"{app.name}.gateway.{args.replica}")
-    try:
-        host = Host(
-            app,
-            loaded.plan,
-            [],
-            broker=JetStreamBroker(nc, prefix=loaded.plan.nats.prefix),
-            data_dir=loaded.data_dir,
-            instance=f"gateway.{args.replica}-{os.getpid()}",
-            remote=NatsRpcClient(nc, prefix=loaded.plan.nats.prefix),
+        http: HttpServer | None = None
+        if gateway:
+            assert app.gateway is not None
+            asgi = build_asgi(
+                app.gateway, host.router, timeout=plan.runtime.timeout, app_name=app.name
+            )
+            sock = socket.socket(fileno=args.listen_fd) if args.listen_fd is not None else None
+            http = HttpServer(asgi, plan.gateway.host, plan.gateway.port, sock=sock)
+            await http.start()
+        health.ready = True
+        notify.send(
+            "ready",
+            services=names or ["gateway"],
+            version=plan.app.version,
+            admin_port=admin.port,
+            url=http.url if http else "",
         )
-        await host.start()
-        asgi = build_asgi(
-            app.gateway, host.router, timeout=loaded.plan.runtime.timeout, app_name=app.name
-        )
-        gw = loaded.plan.gateway
-        sock = socket.socket(fileno=args.listen_fd) if args.listen_fd is not None else None
-        server = HttpServer(asgi, gw.host, gw.port, sock=sock)
-        await server.start()
-        notify.send("ready", services=["gateway"], version=loaded.plan.app.version, url=server.url)
         await stop.wait()
+        health.draining = True
         notify.send("draining")
-        await server.stop()
+        if http is not None:
+            await http.stop()  # no new requests; the ones in flight finish
         await host.stop()
+        await admin.stop()
     finally:
         await nc.close()
 
@@ -124,10 +117,7 @@ async def _main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if args.role == "gateway":
-        await _serve_gateway(loaded, args, stop, notify)
-    else:
-        await _serve_group(loaded, args, stop, notify)
+    await _serve(loaded, args, stop, notify)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -56,7 +56,13 @@ class _JsDelivery:
         self._msg = msg
         self._settled = False
         headers = msg.headers or {}
-        self.msg_id = headers.get("Nats-Msg-Id", "") or f"seq-{msg.metadata.sequence.stream}"
+        # The event's own id wins: a copy re-published under another Nats-Msg-Id
+        # (to get past the broker's duplicate window) is still the same event.
+        self.msg_id = (
+            headers.get("Cleave-Event-Id")
+            or headers.get("Nats-Msg-Id")
+            or f"seq-{msg.metadata.sequence.stream}"
+        )
         self.attempt = msg.metadata.num_delivered
 
     @property

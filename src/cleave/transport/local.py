@@ -97,7 +97,7 @@ class _MemoryDelivery:
 
     @property
     def msg_id(self) -> str:
-        return self.msg.msg_id
+        return self.msg.headers.get("Cleave-Event-Id") or self.msg.msg_id
 
     def _settle(self) -> bool:
         if self._settled:
