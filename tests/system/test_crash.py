@@ -25,7 +25,6 @@ CLEAVE_CRASH_ORDERS, CLEAVE_CRASH_KILLS and CLEAVE_CRASH_SEED vary the run.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import queue
 import random
@@ -38,6 +37,7 @@ from typing import Any
 
 import httpx
 import pytest
+from shopcheck import SCARCE, Client, Control, check_invariants, per_order, plans, snapshot
 
 from conftest import SHOP, PostgresDatabases, Up, wait_until
 
@@ -48,90 +48,6 @@ MIN_KILLS = int(os.environ.get("CLEAVE_CRASH_KILLS", "12"))
 CLIENTS = 8
 MUST_KILL = ["orders", "billing", "inventory", "shipping"]
 ALSO_KILL = ["notifications", "catalog"]
-RICH = ["acc-alice", "acc-bob", "acc-carol", "acc-dave"]
-COMMON = ["KB-01", "MS-01", "HUB-01", "CBL-01", "LMP-01", "MN-27"]
-SCARCE = ["CHR-01", "GPU-01"]
-
-
-class Control:
-    """The supervisor's control API (what `cleave ps` and `cleave status` use)."""
-
-    def __init__(self, state_dir: Path) -> None:
-        state = json.loads((state_dir / "run" / "supervisor.json").read_text())
-        self.base = f"http://127.0.0.1:{state['control_port']}"
-        self.nats_url = state["nats_url"]
-
-    def ps(self) -> dict[str, dict[str, Any]]:
-        rows = httpx.get(f"{self.base}/api/ps", timeout=10).json()["processes"]
-        return {r["service"]: r for r in rows}
-
-    def status(self) -> dict[str, Any]:
-        workers: dict[str, Any] = httpx.get(f"{self.base}/api/status", timeout=30).json()["workers"]
-        return workers
-
-
-def plans(rng: random.Random) -> list[dict[str, Any]]:
-    out = []
-    for i in range(ORDERS):
-        roll = rng.random()
-        if roll < 0.15:
-            account, items = "acc-poor", [("CBL-01", 1)]
-        elif roll < 0.35:
-            account, items = rng.choice(RICH), [(rng.choice(SCARCE), rng.randint(1, 2))]
-        else:
-            skus = rng.sample(COMMON, rng.randint(1, 2))
-            account, items = rng.choice(RICH), [(s, rng.randint(1, 2)) for s in skus]
-        out.append(
-            {
-                "key": f"crash-{i}-{rng.getrandbits(32):08x}",
-                "body": {"account_id": account, "items": [{"sku": s, "qty": q} for s, q in items]},
-            }
-        )
-    return out
-
-
-class Client(threading.Thread):
-    """Places orders from a queue; retries a failed one with the same key."""
-
-    def __init__(
-        self, url: str, work: queue.Queue[dict[str, Any]], results: dict[str, Any]
-    ) -> None:
-        super().__init__(daemon=True)
-        self.http = httpx.Client(base_url=url, timeout=30)
-        self.work = work
-        self.results = results
-        self.retries = 0
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            while True:
-                try:
-                    plan = self.work.get_nowait()
-                except queue.Empty:
-                    return
-                self.results[plan["key"]] = self.place(plan)
-                time.sleep(0.03)
-        except BaseException as exc:  # reported by the test, not lost in a thread
-            self.error = exc
-
-    def place(self, plan: dict[str, Any]) -> Any:
-        delay = 0.2
-        for _ in range(40):
-            try:
-                resp = self.http.post(
-                    "/v1/orders", json=plan["body"], headers={"Idempotency-Key": plan["key"]}
-                )
-                if resp.status_code < 300:
-                    return resp.json()
-                if resp.status_code < 500 and resp.status_code not in (408, 429):
-                    raise AssertionError(f"order refused: {resp.status_code} {resp.text}")
-            except httpx.TransportError:
-                pass
-            self.retries += 1
-            time.sleep(delay)
-            delay = min(delay * 1.5, 2.0)
-        return None  # gave up: the order may or may not exist
 
 
 class Killer(threading.Thread):
@@ -175,59 +91,6 @@ class Killer(threading.Thread):
             except ProcessLookupError:
                 continue
             self.kills.append((time.monotonic(), target))
-
-
-def snapshot(http: httpx.Client) -> dict[str, Any]:
-    accounts = {a["account_id"]: a["balance_cents"] for a in http.get("/v1/accounts").json()}
-    skus = [p["sku"] for p in http.get("/v1/products").json()]
-    stock = {}
-    for sku in skus:
-        s = http.get(f"/v1/inventory/{sku}").json()
-        stock[sku] = (s["available"], s["reserved"])
-    orders = []
-    for account in accounts:
-        orders += http.get("/v1/orders", params={"account_id": account}).json()
-    return {"balances": accounts, "stock": stock, "orders": orders}
-
-
-def per_order(http: httpx.Client, orders: list[dict[str, Any]], path: str) -> dict[str, int]:
-    return {
-        o["order_id"]: len(http.get(path, params={"order_id": o["order_id"]}).json())
-        for o in orders
-    }
-
-
-def check_invariants(
-    initial: dict[str, Any], now: dict[str, Any], http: httpx.Client
-) -> dict[str, Any]:
-    confirmed = [o for o in now["orders"] if o["status"] == "confirmed"]
-    cancelled = [o for o in now["orders"] if o["status"] == "cancelled"]
-    assert len(confirmed) + len(cancelled) == len(now["orders"]), "orders still pending"
-    spent: Counter[str] = Counter()
-    sold: Counter[str] = Counter()
-    for o in confirmed:
-        spent[o["account_id"]] += o["total_cents"]
-        for line in o["items"]:
-            sold[line["sku"]] += line["qty"]
-    for account, before in initial["balances"].items():
-        after = now["balances"][account]
-        assert after >= 0, f"{account} has a negative balance"
-        assert before - after == spent[account], (
-            f"{account}: balance moved by {before - after}, confirmed orders total {spent[account]}"
-        )
-    for sku, (available, reserved) in now["stock"].items():
-        before = initial["stock"][sku][0] + initial["stock"][sku][1]
-        assert available >= 0, f"{sku}: negative stock"
-        assert reserved == 0, f"{sku}: {reserved} still reserved"
-        assert before - available - reserved == sold[sku], (
-            f"{sku}: stock moved by {before - available}, confirmed orders hold {sold[sku]}"
-        )
-    shipments = per_order(http, now["orders"], "/v1/shipments")
-    for o in confirmed:
-        assert shipments[o["order_id"]] == 1, f"{o['order_id']} has {shipments[o['order_id']]}"
-    for o in cancelled:
-        assert shipments[o["order_id"]] == 0, f"cancelled {o['order_id']} was shipped"
-    return {"confirmed": len(confirmed), "cancelled": len(cancelled), "shipments": shipments}
 
 
 def quiet(control: Control) -> bool:
@@ -276,7 +139,7 @@ def test_nothing_lost_nothing_twice_under_sigkill(tmp_path: Path, storage: str) 
         http = httpx.Client(base_url=up.url, timeout=30)
         initial = snapshot(http)
         work: queue.Queue[dict[str, Any]] = queue.Queue()
-        for plan in plans(rng):
+        for plan in plans(rng, ORDERS):
             work.put(plan)
         results: dict[str, Any] = {}
         clients = [Client(up.url, work, results) for _ in range(CLIENTS)]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cleave.data.database import Database
 from cleave.data.inbox import EventConsumer
+from cleave.data.janitor import Janitor
 from cleave.data.outbox import OutboxRelay
 from cleave.data.saga import SagaRunner
 from cleave.errors import LifecycleError
@@ -89,6 +90,7 @@ class Host:
         self.relays: dict[str, OutboxRelay] = {}
         self.consumers: list[EventConsumer] = []
         self.sagas: list[SagaRunner[Any]] = []
+        self.janitors: list[Janitor] = []
         self.subscriptions: list[Subscription] = []
         self._consumer_subs: list[tuple[EventConsumer, Subscription]] = []
         self.state = HostState.NEW
@@ -119,6 +121,10 @@ class Host:
             relay.start()
         for runner in self.sagas:
             runner.start_recovery()
+        for db in self.databases.values():
+            janitor = Janitor(db)
+            janitor.start()
+            self.janitors.append(janitor)
         if self.server is not None:
             await self.server.serve([self.dispatchers[n] for n in self.names])
 
@@ -211,6 +217,8 @@ class Host:
             await sub.stop()
         for runner in self.sagas:
             await runner.stop()
+        for janitor in self.janitors:
+            await janitor.stop()
         for relay in self.relays.values():
             await relay.stop()
         for name in reversed(self.names):

@@ -1,0 +1,108 @@
+"""Keeps Cleave's own tables from growing for ever.
+
+- Inbox rows are kept longer than the broker keeps events (8 days against
+  JetStream's 7), so any event the broker could still deliver is still
+  recognised as a duplicate.
+- Results of idempotent calls are kept for a day: retries come within
+  seconds; a day covers a client that retries tomorrow morning.
+- Finished sagas are kept for a week, for looking into.
+
+Runs once an hour per database, in small batches; on replicas the deletes
+are harmless repeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+import structlog
+
+from cleave.data import schema
+
+if TYPE_CHECKING:
+    from cleave.data.database import Database
+
+__all__ = ["Janitor", "Retention"]
+
+log = structlog.get_logger("cleave.janitor")
+
+DAY = 24 * 3600.0
+
+
+class Retention:
+    inbox = 8 * DAY
+    idempotency = 1 * DAY
+    sagas = 7 * DAY
+
+
+class Janitor:
+    """Deletes expired rows from one database's Cleave tables."""
+
+    def __init__(self, db: Database, *, interval: float = 3600.0, batch: int = 5000) -> None:
+        self.db = db
+        self.interval = interval
+        self.batch = batch
+        self.deleted = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="janitor")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "janitor sweep failed",
+                    service=self.db.service,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+            await asyncio.sleep(self.interval)
+
+    async def sweep(self, now: float | None = None) -> int:
+        """Delete what has expired; return how many rows went."""
+        now = time.time() if now is None else now
+        inbox, idem, sagas = schema.inbox, schema.idempotency, schema.sagas
+        targets = [
+            (
+                inbox,
+                inbox.c.processed_at < now - Retention.inbox,
+                (inbox.c.consumer, inbox.c.event_id),
+            ),
+            (idem, idem.c.created_at < now - Retention.idempotency, (idem.c.request_id,)),
+            (
+                sagas,
+                sa.and_(
+                    sagas.c.state.in_(("done", "failed")),
+                    sagas.c.updated_at < now - Retention.sagas,
+                ),
+                (sagas.c.saga_id,),
+            ),
+        ]
+        total = 0
+        for table, expired, key in targets:
+            while True:
+                async with self.db.transaction() as tx:
+                    ids = (await tx.execute(sa.select(*key).where(expired).limit(self.batch))).all()
+                    if not ids:
+                        break
+                    await tx.execute(table.delete().where(sa.tuple_(*key).in_(ids)))
+                total += len(ids)
+                if len(ids) < self.batch:
+                    break
+        self.deleted += total
+        return total
