@@ -24,6 +24,7 @@ def _reset_sample_counters() -> None:
     import sample_app
 
     sample_app.GreeterService.executions = 0
+    sample_app.GreeterService.seen = {}
     sample_app.AuditService.failures_left = 0
 
 

@@ -6,11 +6,13 @@ and ``cleave.transport`` (for those who extend Cleave) or in private modules.
 
 from cleave.app import App
 from cleave.context import CallContext, current, timeout
-from cleave.contracts import contract, idempotent
+from cleave.contracts import contract, idempotent, readonly
 from cleave.data.database import Database, Transaction
 from cleave.data.saga import Abort, Saga, SagaOutcome
 from cleave.errors import (
+    BulkheadFull,
     CallError,
+    CircuitOpen,
     CleaveError,
     ConfigError,
     Conflict,
@@ -32,8 +34,10 @@ __version__ = "0.1.0"
 __all__ = [
     "Abort",
     "App",
+    "BulkheadFull",
     "CallContext",
     "CallError",
+    "CircuitOpen",
     "CleaveError",
     "ConfigError",
     "Conflict",
@@ -56,6 +60,7 @@ __all__ = [
     "contract",
     "current",
     "idempotent",
+    "readonly",
     "subscribe",
     "timeout",
     "use",

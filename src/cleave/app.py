@@ -218,6 +218,7 @@ def load(path: str | os.PathLike[str] | None = None, *, state_dir: Path | None =
     app = getattr(module, attr, None)
     if not isinstance(app, App):
         raise ConfigError(f"{module_name}:{attr} is not a cleave.App (found {type(app).__name__})")
+    plan.check({n: list(s.contract.methods) for n, s in app.services.items()})
     env_state = os.environ.get("CLEAVE_STATE_DIR")
     state = state_dir or (Path(env_state) if env_state else root / ".cleave")
     return LoadedApp(app, root, plan, state.resolve())

@@ -27,12 +27,19 @@ plan, with the defaults::
     port = 0                      # the embedded server's port; 0: any free port
     prefix = "cleave"             # first subject token: apps sharing a NATS server differ here
 
+    [resilience]                  # every call: see cleave.resilience for all settings
+    timeout = 2.5                 # seconds per attempt of a remote call
+    retries = 2                   # only for calls safe to retry
+
     [groups]                      # services sharing one process; others run alone
     checkout = ["orders", "billing"]
 
     [services.billing]
     replicas = 1
     database = "postgresql+asyncpg://postgres@127.0.0.1/shop_billing"   # default: SQLite file
+
+    [services.orders.calls.billing]          # how orders calls billing (resilience overrides)
+    timeout = 1.0
 
 Unknown keys are errors that name the key, so a typo never passes silently.
 """
@@ -48,6 +55,7 @@ from typing import Annotated, TypeVar
 import msgspec
 
 from cleave.errors import ConfigError
+from cleave.resilience import ResilienceOverride, ResilienceSettings
 
 __all__ = [
     "AppSettings",
@@ -83,6 +91,7 @@ class RuntimeSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields
 class GatewaySettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: Port = 8000
+    calls: dict[str, ResilienceOverride] = {}
 
 
 class NatsSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -99,6 +108,7 @@ class DatabaseSettings(_Section, frozen=True, kw_only=True, forbid_unknown_field
 class ServiceSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     replicas: Annotated[int, msgspec.Meta(ge=0, le=64)] = 1
     database: str = ""
+    calls: dict[str, ResilienceOverride] = {}
 
 
 class Plan(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -109,11 +119,40 @@ class Plan(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     gateway: GatewaySettings = GatewaySettings()
     nats: NatsSettings = NatsSettings()
     database: DatabaseSettings = DatabaseSettings()
+    resilience: ResilienceSettings = ResilienceSettings()
     groups: dict[str, tuple[str, ...]] = {}
     services: dict[str, ServiceSettings] = {}
 
     def service(self, name: str) -> ServiceSettings:
         return self.services.get(name) or ServiceSettings()
+
+    def overrides(self) -> dict[str, dict[str, ResilienceOverride]]:
+        """Resilience overrides by caller (services, and ``gateway``)."""
+        result = {name: s.calls for name, s in self.services.items() if s.calls}
+        if self.gateway.calls:
+            result["gateway"] = self.gateway.calls
+        return result
+
+    def check(self, services: dict[str, list[str]]) -> None:
+        """Names in the plan must be the app's: ``services`` maps each to its methods."""
+        known = ", ".join(services)
+        for name in self.services:
+            if name not in services:
+                raise ConfigError(
+                    f"cleave.toml [services.{name}]: the app has no service {name!r} "
+                    f"(services: {known})"
+                )
+        callers = [(f"services.{n}", s.calls) for n, s in self.services.items()]
+        callers.append(("gateway", self.gateway.calls))
+        for where, calls in callers:
+            for target in calls:
+                service, _, method = target.partition(".")
+                if service not in services or (method and method not in services[service]):
+                    raise ConfigError(
+                        f"cleave.toml [{where}.calls.{target}]: {target!r} is not a service "
+                        f"or service.method of this app (services: {known})"
+                    )
+        self.groups_for(list(services))
 
     def database_url(self, service: str, data_dir: Path) -> str:
         """The database of ``service``: its own setting, the app's template, or SQLite."""

@@ -24,7 +24,7 @@ import inspect
 import re
 import typing
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from cleave.errors import DefinitionError, ServiceError
 from cleave.messages import Event, Message, check_immutable
@@ -35,6 +35,7 @@ __all__ = [
     "contract",
     "idempotent",
     "method_of",
+    "readonly",
     "spec_of",
 ]
 
@@ -45,12 +46,23 @@ NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _SPEC_ATTR = "__cleave_contract__"
 _METHOD_ATTR = "__cleave_method__"
 _IDEMPOTENT_ATTR = "__cleave_idempotent__"
+_READONLY_ATTR = "__cleave_readonly__"
 
 
 class MethodSpec:
     """One method of a contract, with everything the runtime needs to call it."""
 
-    __slots__ = ("contract", "idempotent", "name", "qualname", "request", "response", "subject")
+    __slots__ = (
+        "contract",
+        "idempotent",
+        "name",
+        "qualname",
+        "readonly",
+        "request",
+        "response",
+        "store_result",
+        "subject",
+    )
 
     def __init__(
         self,
@@ -59,18 +71,31 @@ class MethodSpec:
         request: type[Message],
         response: type[Message],
         idempotent: bool,
+        *,
+        store_result: bool = True,
+        readonly: bool = False,
     ) -> None:
         self.contract = contract
         self.name = name
         self.request = request
         self.response = response
+        #: A repeat with the same request id has no further effect.
         self.idempotent = idempotent
+        #: The framework stores the result per request id (else the method itself dedupes).
+        self.store_result = idempotent and store_result
+        #: The method changes nothing.
+        self.readonly = readonly
         self.qualname = f"{contract.name}.{name}"
         self.subject = f"{contract.rpc_prefix}.{name}"
 
     @property
     def service(self) -> str:
         return self.contract.name
+
+    @property
+    def retry_safe(self) -> bool:
+        """Whether a retry after an unknown outcome is safe (idempotent or read-only)."""
+        return self.idempotent or self.readonly
 
     def __repr__(self) -> str:
         return f"<method {self.qualname} v{self.contract.version}>"
@@ -110,13 +135,30 @@ class ContractSpec:
         return f"<contract {self.name} v{self.version}>"
 
 
-def idempotent(fn: F) -> F:
-    """Mark a contract method safe to retry: the service stores its result per request id.
+@overload
+def idempotent(fn: F, /) -> F: ...
+@overload
+def idempotent(fn: None = None, /, *, store: bool = True) -> Callable[[F], F]: ...
+def idempotent(fn: F | None = None, /, *, store: bool = True) -> F | Callable[[F], F]:
+    """Mark a contract method safe to retry with the same request id.
 
-    A retried call (same request id) returns the first result instead of
-    acting twice. The function is returned unchanged.
+    By default the service stores the method's result per request id, in the
+    transaction of its effect, so a retried call returns the first result
+    instead of acting twice. ``store=False`` says the method dedupes by
+    itself (keying its effect by ``cleave.current().request_id``, say).
+    Callers' retry policies retry such methods after a timeout.
     """
-    setattr(fn, _IDEMPOTENT_ATTR, True)
+
+    def mark(f: F) -> F:
+        setattr(f, _IDEMPOTENT_ATTR, "store" if store else "self")
+        return f
+
+    return mark(fn) if fn is not None else mark
+
+
+def readonly(fn: F) -> F:
+    """Mark a contract method that changes nothing: callers may retry it freely."""
+    setattr(fn, _READONLY_ATTR, True)
     return fn
 
 
@@ -196,7 +238,19 @@ def _method_spec(spec: ContractSpec, cls: type, attr: str, fn: Any) -> MethodSpe
             )
     assert request is not None  # checked above, for mypy
     assert response is not None
-    return MethodSpec(spec, attr, request, response, bool(getattr(fn, _IDEMPOTENT_ATTR, False)))
+    marked = getattr(fn, _IDEMPOTENT_ATTR, None)
+    is_readonly = bool(getattr(fn, _READONLY_ATTR, False))
+    if marked and is_readonly:
+        raise DefinitionError(f"{where}: a method is either @idempotent or @readonly, not both")
+    return MethodSpec(
+        spec,
+        attr,
+        request,
+        response,
+        bool(marked),
+        store_result=marked == "store",
+        readonly=is_readonly,
+    )
 
 
 def _check_events(name: str, events: tuple[type[Event], ...]) -> tuple[type[Event], ...]:

@@ -13,6 +13,8 @@
         │   └── Conflict         the request clashes with current state (HTTP 409)
         ├── DeadlineExceeded     the call's deadline passed; it may still have run (HTTP 504)
         ├── Unavailable          nobody could take the call right now (HTTP 503)
+        │   ├── CircuitOpen      calls to the service fail too often; not sent for a while
+        │   └── BulkheadFull     too many calls to the service in flight; not sent
         └── RemoteError          the callee failed with an error that is not allow-listed
 
 A service raises :class:`ServiceError` subclasses on purpose. Its contract
@@ -33,7 +35,9 @@ from typing import ClassVar
 import msgspec
 
 __all__ = [
+    "BulkheadFull",
     "CallError",
+    "CircuitOpen",
     "CleaveError",
     "ConfigError",
     "Conflict",
@@ -159,9 +163,24 @@ class Unavailable(CallError):
         service: str = "",
         method: str = "",
         retry_after: float | None = None,
+        ran: bool | None = None,
     ) -> None:
         super().__init__(message, service=service, method=method)
         self.retry_after = retry_after
+        #: False when the callee provably did not run the call (safe to retry); else unknown.
+        self.ran = ran
+
+
+class CircuitOpen(Unavailable):
+    """Calls to the service failed too often lately; this one was not sent."""
+
+    kind = "CircuitOpen"
+
+
+class BulkheadFull(Unavailable):
+    """Too many calls to the service are in flight already; this one was not sent."""
+
+    kind = "BulkheadFull"
 
 
 class RemoteError(CallError):
@@ -192,6 +211,8 @@ class ErrorInfo(msgspec.Struct, frozen=True, array_like=True):
     service: str
     method: str
     retry_after: float | None = None
+    #: False when the callee provably did not run the call.
+    ran: bool | None = None
 
 
 _BUILTIN: dict[str, type[CallError]] = {
@@ -203,6 +224,8 @@ _BUILTIN: dict[str, type[CallError]] = {
         Conflict,
         DeadlineExceeded,
         Unavailable,
+        CircuitOpen,
+        BulkheadFull,
         RemoteError,
     )
 }
@@ -219,6 +242,7 @@ def to_info(exc: BaseException, *, service: str, method: str) -> ErrorInfo:
             service=exc.service or service,
             method=exc.method or method,
             retry_after=getattr(exc, "retry_after", None),
+            ran=getattr(exc, "ran", None),
         )
     return ErrorInfo(
         kind=type(exc).__name__,
@@ -235,8 +259,12 @@ def from_info(info: ErrorInfo, allowed: dict[str, type[ServiceError]]) -> CallEr
         return RemoteError(
             info.message, service=info.service, method=info.method, remote_kind=info.kind
         )
-    if cls is Unavailable:
-        return Unavailable(
-            info.message, service=info.service, method=info.method, retry_after=info.retry_after
+    if issubclass(cls, Unavailable):
+        return cls(
+            info.message,
+            service=info.service,
+            method=info.method,
+            retry_after=info.retry_after,
+            ran=info.ran,
         )
     return cls(info.message, service=info.service, method=info.method)

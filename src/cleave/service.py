@@ -55,9 +55,17 @@ _SUBSCRIBE_ATTR = "__cleave_subscribe__"
 class Use(Generic[T]):
     """A declared dependency on another service's contract (see :func:`use`)."""
 
-    def __init__(self, contract: Any) -> None:
+    def __init__(self, contract: Any, fallback: Any = None) -> None:
         self.contract = spec_of(contract)
+        self.fallback = fallback
         self.attr = ""
+        if fallback is not None:
+            for name in self.contract.methods:
+                answer = getattr(fallback, name, None)
+                if answer is not None and not inspect.iscoroutinefunction(answer):
+                    raise DefinitionError(
+                        f"fallback for {self.contract.name}.{name} must be `async def`"
+                    )
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.attr = name
@@ -78,7 +86,7 @@ class Use(Generic[T]):
         )
 
 
-def use(contract: Callable[..., T]) -> Use[T]:
+def use(contract: Callable[..., T], *, fallback: Any = None) -> Use[T]:
     """Declare that a service calls ``contract``; on an instance it is a typed client.
 
     ::
@@ -86,8 +94,12 @@ def use(contract: Callable[..., T]) -> Use[T]:
         billing = cleave.use(Billing)
         ...
         receipt = await self.billing.charge(Charge(...))
+
+    ``fallback`` is an object with some of the contract's methods (``async
+    def``, same signature); each answers its method's calls that cannot be
+    made (the service unavailable, its circuit open, no time left).
     """
-    return Use(contract)
+    return Use(contract, fallback)
 
 
 def subscribe(event: type[Event], *, source: Any = None) -> Callable[[F], F]:
@@ -136,6 +148,7 @@ class ServiceSpec:
         subscriptions: list[Subscription],
         database: str | None,
         sagas: dict[str, Saga[Any]] | None = None,
+        fallbacks: dict[str, Any] | None = None,
     ) -> None:
         self.cls = cls
         self.contract = contract
@@ -144,6 +157,7 @@ class ServiceSpec:
         self.subscriptions = subscriptions
         self.database = database
         self.sagas = sagas or {}
+        self.fallbacks = fallbacks or {}
 
     @property
     def calls(self) -> list[str]:
@@ -195,6 +209,7 @@ def _collect(cls: type[Service], contract: ContractSpec) -> ServiceSpec:
         _check_signature(where, name, impl, method.request, method.response)
 
     dependencies: dict[str, ContractSpec] = {}
+    fallbacks: dict[str, Any] = {}
     subscriptions: list[Subscription] = []
     databases: list[str] = []
     sagas: dict[str, Saga[Any]] = {}
@@ -202,6 +217,8 @@ def _collect(cls: type[Service], contract: ContractSpec) -> ServiceSpec:
         for attr, value in vars(klass).items():
             if isinstance(value, Use):
                 dependencies[attr] = value.contract
+                if value.fallback is not None:
+                    fallbacks[attr] = value.fallback
             elif isinstance(value, Database):
                 databases.append(attr)
             elif isinstance(value, Saga):
@@ -226,7 +243,7 @@ def _collect(cls: type[Service], contract: ContractSpec) -> ServiceSpec:
     for attr, saga in sagas.items():
         if not saga.steps:
             raise DefinitionError(f"{where}.{attr}: the saga has no steps; add @{attr}.step")
-    return ServiceSpec(cls, contract, dependencies, subscriptions, database, sagas)
+    return ServiceSpec(cls, contract, dependencies, subscriptions, database, sagas, fallbacks)
 
 
 def _check_signature(where: str, name: str, impl: Any, request: type, response: type) -> None:

@@ -36,6 +36,7 @@ from cleave.messages import from_msgpack, to_msgpack
 if TYPE_CHECKING:
     from cleave.contracts import MethodSpec
     from cleave.data.database import Database
+    from cleave.faults import Faults
     from cleave.messages import Message
     from cleave.service import Service, ServiceSpec
 
@@ -60,14 +61,18 @@ class Dispatcher:
         self.strict = strict
         self.allowed = spec.contract.errors
         self.bound: dict[str, Any] = {n: getattr(instance, n) for n in spec.contract.methods}
+        #: Injected faults (see cleave.faults), None in normal operation.
+        self.faults: Faults | None = None
 
     async def invoke(self, method: MethodSpec, request: Message, ctx: CallContext) -> Message:
         """Run ``method`` with ``request`` under ``ctx``; raise errors as the wire would."""
         token = _current.set(ctx)
         try:
+            if self.faults is not None:
+                await self.faults.apply(method.name, ctx, self.name)
             if self.strict:
                 request = from_msgpack(to_msgpack(request), method.request)
-            if method.idempotent and self.db is not None:
+            if method.store_result and self.db is not None:
                 result = await self._idempotent(method, request, ctx)
             else:
                 result = await self.bound[method.name](request)

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
+
 from cleave.data.database import Database
 from cleave.data.inbox import EventConsumer
 from cleave.data.janitor import Janitor
@@ -32,6 +34,7 @@ from cleave.transport.base import ConsumerPolicy
 if TYPE_CHECKING:
     from cleave.app import App
     from cleave.config import Plan
+    from cleave.faults import Faults
     from cleave.service import Service
     from cleave.transport.base import Broker, RpcClient, Subscription
 
@@ -83,7 +86,12 @@ class Host:
         self.consumer_policy = consumer_policy or ConsumerPolicy(
             ack_wait=plan.runtime.event_timeout + 5.0
         )
-        self.router = Router(remote=remote, timeout=plan.runtime.timeout)
+        self.router = Router(
+            remote=remote,
+            timeout=plan.runtime.timeout,
+            resilience=plan.resilience,
+            overrides=plan.overrides(),
+        )
         self.instances: dict[str, Service] = {}
         self.databases: dict[str, Database] = {}
         self.dispatchers: dict[str, Dispatcher] = {}
@@ -141,7 +149,8 @@ class Host:
             self.databases[name] = db
             instance.__dict__[spec.database] = db
         for attr, dep in spec.dependencies.items():
-            instance.__dict__[attr] = make_client(dep, self.router, name)
+            fallback = spec.fallbacks.get(attr)
+            instance.__dict__[attr] = make_client(dep, self.router, name, fallback)
         for attr, saga in spec.sagas.items():
             assert db is not None  # checked when the service was declared
             runner = SagaRunner(saga, instance, db, service=name, owner=self.instance)
@@ -185,6 +194,13 @@ class Host:
             self.subscriptions.append(subscription)
             self._consumer_subs.append((consumer, subscription))
 
+    def inject(self, service: str, faults: Faults | None) -> None:
+        """Set (or with None, clear) injected faults on a service of this host."""
+        dispatcher = self.dispatchers.get(service)
+        if dispatcher is None:
+            raise LifecycleError(f"{service} does not run in this host ({', '.join(self.names)})")
+        dispatcher.faults = faults if faults is not None and faults.active else None
+
     async def status(self) -> dict[str, Any]:
         """What this host is doing: backlogs, consumers, sagas (for ``cleave status``)."""
         consumers = {}
@@ -204,6 +220,19 @@ class Host:
             "sagas": {runner.kind: await runner.pending() for runner in self.sagas},
             "consumers": consumers,
             "in_flight": getattr(self.server, "in_flight", 0),
+            "faults": {
+                name: msgspec.to_builtins(d.faults)
+                for name, d in self.dispatchers.items()
+                if d.faults is not None
+            },
+            "breakers": {
+                f"{caller}->{target}": {"state": b.state, "opened": b.opened}
+                for (caller, target), b in self.router.breakers.items()
+            },
+            "bulkheads": {
+                f"{caller}->{target}": {"active": b.active, "rejected": b.rejected}
+                for (caller, target), b in self.router.bulkheads.items()
+            },
         }
 
     async def stop(self) -> None:

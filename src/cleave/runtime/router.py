@@ -1,14 +1,17 @@
 """The caller's side of a call: typed clients and the router behind them.
 
 A client (what ``cleave.use(Billing)`` gives a service) has one coroutine per
-contract method. Each call goes to the :class:`Router` of its process, which
-builds the call's context (deadline, request id, caller, trace) and sends it
-to the callee: a direct await when the callee runs in this process, the
-remote transport otherwise. The caller cannot tell which, except by speed.
+contract method, each bound to the :class:`~cleave.resilience.Policy` of that
+(caller, method). A call goes to the :class:`Router` of its process, which
+builds the call's context (deadline, request id, caller, trace), applies the
+policy (bulkhead, circuit breaker, retries, fallback; see
+:mod:`cleave.resilience`) and sends each attempt to the callee: a direct
+await when the callee runs in this process, the remote transport otherwise.
+The caller cannot tell which, except by speed.
 
 This is the hottest path of the monolith, so it avoids allocation and
-indirection it does not need: no timer is armed for a local call unless its
-deadline is tighter than the one its caller already runs under.
+indirection it does not need: no timer is armed for an in-process call unless
+its deadline is tighter than the one its caller already runs under.
 """
 
 from __future__ import annotations
@@ -19,7 +22,16 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from cleave.context import CallContext, _current, _tightened, new_request_id
-from cleave.errors import DeadlineExceeded, DefinitionError, Unavailable
+from cleave.errors import CallError, DeadlineExceeded, DefinitionError, Unavailable
+from cleave.resilience import (
+    Bulkhead,
+    CircuitBreaker,
+    Policy,
+    ResilienceOverride,
+    ResilienceSettings,
+    is_failure,
+    should_retry,
+)
 
 if TYPE_CHECKING:
     from cleave.contracts import ContractSpec, MethodSpec
@@ -28,6 +40,9 @@ if TYPE_CHECKING:
     from cleave.transport.base import RpcClient
 
 __all__ = ["Client", "Router", "make_client"]
+
+#: Overrides by caller, then by "service" or "service.method".
+Overrides = dict[str, dict[str, ResilienceOverride]]
 
 
 class Router:
@@ -39,13 +54,41 @@ class Router:
         local: dict[str, Dispatcher] | None = None,
         remote: RpcClient | None = None,
         timeout: float = 10.0,
+        resilience: ResilienceSettings | None = None,
+        overrides: Overrides | None = None,
     ) -> None:
         self.local: dict[str, Dispatcher] = local if local is not None else {}
         self.remote = remote
         self.timeout = timeout
+        self.resilience = resilience or ResilienceSettings()
+        self.overrides = overrides or {}
+        self.breakers: dict[tuple[str, str], CircuitBreaker] = {}
+        self.bulkheads: dict[tuple[str, str], Bulkhead] = {}
 
-    async def call(self, method: MethodSpec, request: Message, caller: str) -> Message:
-        """Call ``method`` with ``request`` on behalf of ``caller``."""
+    def policy(self, caller: str, method: MethodSpec, fallback: Any = None) -> Policy:
+        """The policy of ``caller`` calling ``method``; breakers are shared per service."""
+        own = self.overrides.get(caller, {})
+        target = method.contract.name
+        settings = self.resilience.merged(own.get(target), own.get(method.qualname))
+        service_level = self.resilience.merged(own.get(target))
+        key = (caller, target)
+        breaker = self.breakers.get(key)
+        if breaker is None and service_level.breaker:
+            breaker = self.breakers[key] = CircuitBreaker(f"{caller}->{target}", service_level)
+        bulkhead = self.bulkheads.get(key)
+        if bulkhead is None and service_level.bulkhead:
+            bulkhead = self.bulkheads[key] = Bulkhead(f"{caller}->{target}", service_level.bulkhead)
+        return Policy(
+            settings,
+            breaker if settings.breaker else None,
+            bulkhead if settings.bulkhead else None,
+            fallback,
+        )
+
+    async def call(
+        self, method: MethodSpec, request: Message, caller: str, policy: Policy | None = None
+    ) -> Message:
+        """Call ``method`` with ``request`` on behalf of ``caller``, under ``policy``."""
         if type(request) is not method.request:
             raise DefinitionError(
                 f"{caller} called {method.qualname} with {type(request).__name__}; the contract "
@@ -72,6 +115,58 @@ class Router:
                 service=method.contract.name,
                 method=method.name,
             )
+        if policy is None:
+            return await self._attempt(method, request, ctx, armed, None)
+        bulkhead = policy.bulkhead
+        if bulkhead is not None:
+            try:
+                bulkhead.enter(method.contract.name, method.name)
+            except Unavailable as exc:
+                return await _fall_back(policy, request, exc)
+        try:
+            return await self._with_policy(method, request, ctx, armed, policy)
+        finally:
+            if bulkhead is not None:
+                bulkhead.leave()
+
+    async def _with_policy(
+        self, method: MethodSpec, request: Message, ctx: CallContext, armed: bool, policy: Policy
+    ) -> Message:
+        breaker = policy.breaker
+        attempt = 1
+        while True:
+            try:
+                if breaker is not None:
+                    breaker.allow(method.contract.name, method.name)
+            except Unavailable as exc:
+                return await _fall_back(policy, request, exc)
+            try:
+                result = await self._attempt(method, request, ctx, armed, policy.timeout)
+            except CallError as exc:
+                if breaker is not None:
+                    breaker.record(is_failure(exc))
+                if attempt > policy.retries or not should_retry(exc, method.retry_safe):
+                    return await _fall_back(policy, request, exc)
+                pause = policy.delay(attempt)
+                if time.time() + pause >= ctx.deadline:
+                    return await _fall_back(policy, request, exc)  # deadlines win over retries
+                await asyncio.sleep(pause)
+                attempt += 1
+                # The same call again: same id, same deadline, a fresh count for its children.
+                ctx = CallContext(ctx.deadline, ctx.request_id, ctx.caller, ctx.traceparent)
+                continue
+            if breaker is not None:
+                breaker.record(False)
+            return result
+
+    async def _attempt(
+        self,
+        method: MethodSpec,
+        request: Message,
+        ctx: CallContext,
+        armed: bool,
+        attempt_timeout: float | None,
+    ) -> Message:
         dispatcher = self.local.get(method.contract.name)
         if dispatcher is not None:
             if not armed:
@@ -83,8 +178,21 @@ class Router:
                 "transport",
                 service=method.contract.name,
                 method=method.name,
+                ran=False,
+            )
+        if attempt_timeout is not None and time.time() + attempt_timeout < ctx.deadline:
+            ctx = CallContext(
+                time.time() + attempt_timeout, ctx.request_id, ctx.caller, ctx.traceparent
             )
         return await self.remote.call(method, request, ctx)
+
+
+async def _fall_back(policy: Policy, request: Message, exc: CallError) -> Message:
+    """The fallback's answer to a call that could not be made, else the error."""
+    if policy.fallback is not None and isinstance(exc, Unavailable | DeadlineExceeded):
+        result: Message = await policy.fallback(request)
+        return result
+    raise exc
 
 
 async def _with_deadline(
@@ -114,24 +222,27 @@ class Client:
 
 
 def _bind(
-    call: Callable[[MethodSpec, Message, str], Coroutine[Any, Any, Message]],
+    call: Callable[[MethodSpec, Message, str, Policy], Coroutine[Any, Any, Message]],
     method: MethodSpec,
     caller: str,
+    policy: Policy,
 ) -> Callable[[Message], Coroutine[Any, Any, Message]]:
     def invoke(request: Message) -> Coroutine[Any, Any, Message]:
-        return call(method, request, caller)
+        return call(method, request, caller, policy)
 
     invoke.__name__ = invoke.__qualname__ = method.name
     invoke.__doc__ = f"Call {method.qualname} (v{method.contract.version})."
     return invoke
 
 
-def make_client(contract: ContractSpec, router: Router, caller: str) -> Any:
+def make_client(contract: ContractSpec, router: Router, caller: str, fallback: Any = None) -> Any:
     """A client of ``contract`` that calls through ``router`` as ``caller``.
 
     Typed as the contract Protocol where it is used (``cleave.use(Billing)``).
+    ``fallback``'s methods of the same name answer calls that could not be made.
     """
     client = Client(contract, caller)
     for name, method in contract.methods.items():
-        setattr(client, name, _bind(router.call, method, caller))
+        policy = router.policy(caller, method, getattr(fallback, name, None))
+        setattr(client, name, _bind(router.call, method, caller, policy))
     return client

@@ -43,6 +43,7 @@ from cleave.data import schema
 from cleave.data.database import Database, default_url
 from cleave.data.saga import SagaRunner
 from cleave.errors import DefinitionError
+from cleave.faults import Faults
 from cleave.messages import Event, from_msgpack
 from cleave.runtime.host import Host
 from cleave.runtime.monolith import Monolith
@@ -158,6 +159,18 @@ class Harness:
         """The running instance of service ``name``."""
         return self.host.instances[name]
 
+    def inject(
+        self,
+        service: str,
+        *,
+        latency: float = 0.0,
+        drop: float = 0.0,
+        fail: float = 0.0,
+        methods: tuple[str, ...] = (),
+    ) -> None:
+        """Slow down, drop or refuse calls to ``service`` (all zero: back to normal)."""
+        self.host.inject(service, Faults(latency=latency, drop=drop, fail=fail, methods=methods))
+
     async def settle(self, timeout: float = 10.0) -> None:
         """Wait until every outbox is empty and every event has been handled."""
         deadline = time.monotonic() + timeout
@@ -272,6 +285,23 @@ class NatsHarness:
             if name in host.instances:
                 return host.instances[name]
         raise KeyError(name)
+
+    def inject(
+        self,
+        service: str,
+        *,
+        latency: float = 0.0,
+        drop: float = 0.0,
+        fail: float = 0.0,
+        methods: tuple[str, ...] = (),
+    ) -> None:
+        """Slow down, drop or refuse calls to ``service`` (all zero: back to normal)."""
+        faults = Faults(latency=latency, drop=drop, fail=fail, methods=methods)
+        for host in self.hosts.values():
+            if service in host.dispatchers:
+                host.inject(service, faults)
+                return
+        raise KeyError(service)
 
     async def settle(self, timeout: float = 10.0) -> None:
         """Wait until every outbox is empty and every consumer has acked everything."""

@@ -105,6 +105,7 @@ class NatsRpcClient:
                 f"no replica of {method.contract.name} is running (nobody serves {method.subject})",
                 service=method.contract.name,
                 method=method.name,
+                ran=False,
             ) from None
         except nats.errors.TimeoutError:
             raise DeadlineExceeded(
@@ -238,7 +239,11 @@ class NatsRpcServer:
             if not self._accepting:
                 await self._reply_error(
                     msg,
-                    Unavailable(f"{method.contract.name} is shutting down", retry_after=1.0),
+                    Unavailable(
+                        f"{method.contract.name} is shutting down; not run",
+                        retry_after=1.0,
+                        ran=False,
+                    ),
                     method.contract.name,
                     method.name,
                 )

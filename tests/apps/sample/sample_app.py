@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Literal, Protocol
+from typing import Annotated, ClassVar, Literal, Protocol
 
 import msgspec
 import sqlalchemy as sa
@@ -48,6 +48,11 @@ class Total(cleave.Message):
     calls: int
 
 
+class Wobble(cleave.Message):
+    key: str
+    fail_times: int = 0
+
+
 class Greeted(cleave.Event):
     name: str
 
@@ -76,6 +81,15 @@ class Greeter(Protocol):
 
     @cleave.idempotent
     async def add(self, req: Add) -> Total: ...
+
+    @cleave.readonly
+    async def wobble(self, req: Wobble) -> Greeting:
+        """Fails (a crash) the first `fail_times` calls per key, then answers."""
+        ...
+
+    async def jolt(self, req: Wobble) -> Greeting:
+        """Like wobble, but not safe to retry."""
+        ...
 
 
 class Hello(cleave.Message):
@@ -108,6 +122,7 @@ class SetFailures(cleave.Message):
 class Audit(Protocol):
     """Remembers who was greeted."""
 
+    @cleave.readonly
     async def names(self, req: Names) -> NameList: ...
 
     async def set_failures(self, req: SetFailures) -> NameList: ...
@@ -127,6 +142,17 @@ class GreeterService(cleave.Service, implements=Greeter):
     db = cleave.Database(greeter_meta)
     #: How many times ``add`` really ran (not replayed), across calls.
     executions = 0
+    #: Calls seen per wobble/jolt key.
+    seen: ClassVar[dict[str, int]] = {}
+
+    async def wobble(self, req: Wobble) -> Greeting:
+        seen = self.seen[req.key] = self.seen.get(req.key, 0) + 1
+        if seen <= req.fail_times:
+            raise RuntimeError(f"wobble {req.key} failed (call {seen})")
+        return Greeting(text=f"steady after {seen}")
+
+    async def jolt(self, req: Wobble) -> Greeting:
+        return await self.wobble(req)
 
     async def greet(self, req: Greet) -> Greeting:
         ctx = cleave.current()
@@ -176,8 +202,15 @@ class GreeterService(cleave.Service, implements=Greeter):
         return Total(key=req.key, total=total, calls=calls)
 
 
+class GreeterFallback:
+    """Answers greet when the greeter cannot be reached."""
+
+    async def greet(self, req: Greet) -> Greeting:
+        return Greeting(text=f"hello {req.name} (from the fallback)")
+
+
 class FrontService(cleave.Service, implements=Front):
-    greeter = cleave.use(Greeter)
+    greeter = cleave.use(Greeter, fallback=GreeterFallback())
 
     async def hello(self, req: Hello) -> Greeting:
         if req.timeout:

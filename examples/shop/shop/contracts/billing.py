@@ -66,10 +66,12 @@ class PaymentRefunded(cleave.Event):
 class Billing(Protocol):
     """Accounts and the money that moves between them and orders."""
 
+    @cleave.readonly
     async def list_accounts(self, req: ListAccounts) -> AccountList:
         """Every account (the demo's admin view)."""
         ...
 
+    @cleave.readonly
     async def get_account(self, req: GetAccount) -> Account:
         """One account; NotFound if unknown."""
         ...

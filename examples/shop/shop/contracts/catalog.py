@@ -48,14 +48,17 @@ class Prices(cleave.Message):
 class Catalog(Protocol):
     """Products and their prices."""
 
+    @cleave.readonly
     async def list_products(self, req: ListProducts) -> ProductList:
         """Every product, by SKU."""
         ...
 
+    @cleave.readonly
     async def get_product(self, req: GetProduct) -> Product:
         """One product; NotFound if the SKU is unknown."""
         ...
 
+    @cleave.readonly
     async def get_prices(self, req: GetPrices) -> Prices:
         """Prices of several SKUs at once, and which of them are unknown."""
         ...

@@ -44,6 +44,7 @@ class Released(cleave.Message):
 class Inventory(Protocol):
     """Stock per SKU: `available` to sell and `reserved` for orders in checkout."""
 
+    @cleave.readonly
     async def get_stock(self, req: GetStock) -> StockLevel:
         """Stock of one SKU; NotFound if the SKU is unknown."""
         ...

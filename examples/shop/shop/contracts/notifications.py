@@ -30,6 +30,7 @@ class NotificationList(cleave.Message):
 class Notifications(Protocol):
     """Tells customers about their orders, from events."""
 
+    @cleave.readonly
     async def list_notifications(self, req: ListNotifications) -> NotificationList:
         """Notifications sent about one order."""
         ...

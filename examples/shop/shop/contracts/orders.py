@@ -59,14 +59,17 @@ class OrderCancelled(cleave.Event):
 class Orders(Protocol):
     """Checkout: reserve stock, charge, confirm; or cancel with a reason."""
 
+    @cleave.idempotent(store=False)  # the order is keyed by the request id
     async def place_order(self, req: PlaceOrder) -> OrderView:
         """Check out; the same request id (Idempotency-Key) gives the same order."""
         ...
 
+    @cleave.readonly
     async def get_order(self, req: GetOrder) -> OrderView:
         """One order; NotFound if unknown."""
         ...
 
+    @cleave.readonly
     async def list_orders(self, req: ListOrders) -> OrderList:
         """Every order of one account, oldest first."""
         ...

@@ -34,6 +34,7 @@ class ShipmentCreated(cleave.Event):
 class Shipping(Protocol):
     """Creates one shipment per confirmed order, from the OrderConfirmed event."""
 
+    @cleave.readonly
     async def list_shipments(self, req: ListShipments) -> ShipmentList:
         """The shipments of one order (none until it is confirmed)."""
         ...

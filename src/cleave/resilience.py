@@ -1,0 +1,273 @@
+"""Resilience per dependency: attempt timeouts, retries, circuit breakers, bulkheads, fallbacks.
+
+Every call from one service to another goes through a :class:`Policy`,
+resolved once per (caller, method) from ``cleave.toml``::
+
+    [resilience]                      # defaults for every call (these values)
+    timeout = 2.5                     # seconds per attempt of a remote call
+    retries = 2                       # extra attempts, only when safe (see below)
+    backoff = 0.05                    # first retry waits up to this; doubles; full jitter
+    backoff_max = 1.0
+    bulkhead = 200                    # calls in flight from one service to another; 0: no limit
+    breaker = true
+    breaker_window = 10.0             # seconds over which the failure rate is measured
+    breaker_min_calls = 10            # calls in the window before the breaker may open
+    breaker_failure_rate = 0.5        # open at this share of failures
+    breaker_open_for = 5.0            # seconds open before probing
+    breaker_probes = 3                # calls let through while half-open
+
+    [services.orders.calls.billing]           # orders -> billing: overrides
+    timeout = 1.0
+    [services.orders.calls."billing.charge"]  # one method
+    retries = 4
+
+Rules:
+
+- **Deadlines win.** An attempt never runs past the caller's deadline, and no
+  retry starts once it has passed.
+- **Retries only when safe:** for ``@idempotent`` or ``@readonly`` methods
+  after any unavailability, timeout or remote crash; for other methods only
+  when the call provably did not run (nobody listened, the breaker or the
+  bulkhead refused it, the callee refused it while draining). Backoff is
+  exponential with full jitter. The request id stays the same.
+- **Circuit breaker** per (caller, callee service): failures are timeouts,
+  unavailability and remote crashes (typed service errors are answers, not
+  failures). Over ``breaker_window`` seconds, with at least
+  ``breaker_min_calls`` calls and ``breaker_failure_rate`` failing, it opens:
+  calls fail at once with :class:`~cleave.errors.CircuitOpen` for
+  ``breaker_open_for`` seconds, then up to ``breaker_probes`` calls probe;
+  a success closes it, a failure opens it again.
+- **Bulkhead** per (caller, callee service): more than ``bulkhead`` calls in
+  flight and the next fails at once with :class:`~cleave.errors.BulkheadFull`,
+  so one slow dependency cannot use up a service's memory and connections.
+- **Fallback** (``cleave.use(Catalog, fallback=obj)``): when a call still
+  fails with unavailability or a timeout, ``obj``'s method of the same name
+  answers instead.
+
+In-process calls (the monolith, or services grouped in one worker) get the
+same breakers, bulkheads, retries and fallbacks, but no per-attempt timer:
+an asyncio timeout costs about 4.7 us, thirty times the call itself, and the
+caller's deadline (armed once at the edge) bounds them anyway.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+import time
+from typing import Annotated, Any
+
+import msgspec
+
+from cleave.errors import (
+    BulkheadFull,
+    CallError,
+    CircuitOpen,
+    DeadlineExceeded,
+    RemoteError,
+    Unavailable,
+)
+
+__all__ = [
+    "Bulkhead",
+    "CircuitBreaker",
+    "Policy",
+    "ResilienceOverride",
+    "ResilienceSettings",
+    "is_failure",
+    "should_retry",
+]
+
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+Rate = Annotated[float, msgspec.Meta(gt=0, le=1)]
+Count = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class ResilienceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The ``[resilience]`` section: defaults for every call."""
+
+    timeout: Seconds = 2.5
+    retries: Count = 2
+    backoff: Seconds = 0.05
+    backoff_max: Seconds = 1.0
+    bulkhead: Count = 200
+    breaker: bool = True
+    breaker_window: Seconds = 10.0
+    breaker_min_calls: Annotated[int, msgspec.Meta(ge=1)] = 10
+    breaker_failure_rate: Rate = 0.5
+    breaker_open_for: Seconds = 5.0
+    breaker_probes: Annotated[int, msgspec.Meta(ge=1)] = 3
+
+    def merged(self, *overrides: ResilienceOverride | None) -> ResilienceSettings:
+        values = msgspec.structs.asdict(self)
+        for o in overrides:
+            if o is not None:
+                values.update({k: v for k, v in msgspec.structs.asdict(o).items() if v is not None})
+        return ResilienceSettings(**values)
+
+
+class ResilienceOverride(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A ``[services.<caller>.calls.<service or service.method>]`` section."""
+
+    timeout: Seconds | None = None
+    retries: Count | None = None
+    backoff: Seconds | None = None
+    backoff_max: Seconds | None = None
+    bulkhead: Count | None = None
+    breaker: bool | None = None
+    breaker_window: Seconds | None = None
+    breaker_min_calls: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    breaker_failure_rate: Rate | None = None
+    breaker_open_for: Seconds | None = None
+    breaker_probes: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+
+class CircuitBreaker:
+    """Opens when too many recent calls failed; probes before closing again."""
+
+    def __init__(self, name: str, settings: ResilienceSettings) -> None:
+        self.name = name
+        self.window = settings.breaker_window
+        self.min_calls = settings.breaker_min_calls
+        self.failure_rate = settings.breaker_failure_rate
+        self.open_for = settings.breaker_open_for
+        self.probes = settings.breaker_probes
+        self.state = CLOSED
+        self.opened_at = 0.0
+        self.in_probe = 0
+        self.opened = 0  # how many times it opened (for metrics)
+        # One [second, calls, failures] bucket per second of the window.
+        self._buckets: collections.deque[list[float]] = collections.deque()
+
+    def allow(self, service: str, method: str) -> None:
+        """Let a call through, or raise :class:`CircuitOpen`."""
+        if self.state is CLOSED:
+            return
+        now = time.monotonic()
+        if self.state is OPEN:
+            left = self.opened_at + self.open_for - now
+            if left > 0:
+                raise CircuitOpen(
+                    f"circuit to {self.name} is open after repeated failures; retry in {left:.1f}s",
+                    service=service,
+                    method=method,
+                    retry_after=left,
+                    ran=False,
+                )
+            self.state = HALF_OPEN
+            self.in_probe = 0
+        if self.in_probe >= self.probes:
+            raise CircuitOpen(
+                f"circuit to {self.name} is half-open and its probes are busy",
+                service=service,
+                method=method,
+                retry_after=1.0,
+                ran=False,
+            )
+        self.in_probe += 1
+
+    def record(self, failed: bool) -> None:
+        if self.state is not CLOSED:
+            if self.state is HALF_OPEN:
+                self.in_probe = max(0, self.in_probe - 1)
+                if failed:
+                    self._open()
+                else:
+                    self.state = CLOSED
+                    self._buckets.clear()
+            return
+        now = time.monotonic()
+        second = int(now)
+        buckets = self._buckets
+        if buckets and buckets[-1][0] == second:
+            bucket = buckets[-1]
+        else:
+            bucket = [second, 0, 0]
+            buckets.append(bucket)
+            horizon = now - self.window
+            while buckets and buckets[0][0] < horizon:
+                buckets.popleft()
+        bucket[1] += 1
+        if failed:
+            bucket[2] += 1
+            calls = sum(b[1] for b in buckets)
+            failures = sum(b[2] for b in buckets)
+            if calls >= self.min_calls and failures >= self.failure_rate * calls:
+                self._open()
+
+    def _open(self) -> None:
+        self.state = OPEN
+        self.opened_at = time.monotonic()
+        self.opened += 1
+        self._buckets.clear()
+
+
+class Bulkhead:
+    """At most ``limit`` calls in flight; the next fails at once."""
+
+    __slots__ = ("active", "limit", "name", "rejected")
+
+    def __init__(self, name: str, limit: int) -> None:
+        self.name = name
+        self.limit = limit
+        self.active = 0
+        self.rejected = 0
+
+    def enter(self, service: str, method: str) -> None:
+        if self.active >= self.limit:
+            self.rejected += 1
+            raise BulkheadFull(
+                f"{self.limit} calls to {self.name} are in flight already; not sent",
+                service=service,
+                method=method,
+                retry_after=1.0,
+                ran=False,
+            )
+        self.active += 1
+
+    def leave(self) -> None:
+        self.active -= 1
+
+
+class Policy:
+    """How one caller calls one method."""
+
+    __slots__ = ("backoff", "backoff_max", "breaker", "bulkhead", "fallback", "retries", "timeout")
+
+    def __init__(
+        self,
+        settings: ResilienceSettings,
+        breaker: CircuitBreaker | None,
+        bulkhead: Bulkhead | None,
+        fallback: Any = None,
+    ) -> None:
+        self.timeout = settings.timeout
+        self.retries = settings.retries
+        self.backoff = settings.backoff
+        self.backoff_max = settings.backoff_max
+        self.breaker = breaker
+        self.bulkhead = bulkhead
+        self.fallback = fallback
+
+    def delay(self, attempt: int) -> float:
+        """Full jitter: a random wait up to the exponential backoff of ``attempt``."""
+        return random.uniform(0, min(self.backoff_max, self.backoff * 2 ** (attempt - 1)))
+
+
+def is_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` counts against the callee's circuit (answers do not)."""
+    if isinstance(exc, CircuitOpen | BulkheadFull):
+        return False  # refused here; says nothing new about the callee
+    return isinstance(exc, Unavailable | DeadlineExceeded | RemoteError)
+
+
+def should_retry(exc: CallError, retry_safe: bool) -> bool:
+    """Whether a failed attempt may be tried again."""
+    if isinstance(exc, CircuitOpen | BulkheadFull):
+        return False  # failing fast is the point
+    if isinstance(exc, Unavailable) and exc.ran is False:
+        return True
+    return retry_safe and isinstance(exc, Unavailable | DeadlineExceeded | RemoteError)
