@@ -49,9 +49,13 @@ async def test_a_call_to_a_service_elsewhere_without_transport_is_unavailable(
 ) -> None:
     h = host(tmp_path, ["front"])
     await h.start()
-    client = h.client(sample_app.Front)
-    with pytest.raises(cleave.Unavailable, match="does not run in this process"):
-        await client.hello(sample_app.Hello(name="x"))  # type: ignore[attr-defined]
+    greeter = h.client(sample_app.Greeter)
+    with pytest.raises(cleave.Unavailable, match="does not run in this process") as caught:
+        await greeter.greet(sample_app.Greet(name="x"))  # type: ignore[attr-defined]
+    assert caught.value.ran is False
+    # front's own calls to greeter have a fallback
+    answer = await h.client(sample_app.Front).hello(sample_app.Hello(name="y"))  # type: ignore[attr-defined]
+    assert answer.text == "hello y (from the fallback)"
     await h.stop()
 
 
