@@ -92,6 +92,8 @@ def test_events_need_a_database() -> None:
             fail = GreeterService.fail
             sleep = GreeterService.sleep
             add = GreeterService.add
+            wobble = GreeterService.wobble
+            jolt = GreeterService.jolt
 
 
 def test_one_database_per_service() -> None:
