@@ -58,14 +58,18 @@ async def connect(url: str, name: str) -> NatsClient:
     async def error_cb(exc: Exception) -> None:
         log.warning("nats error", error=f"{type(exc).__name__}: {exc}", connection=name)
 
+    holder: list[NatsClient] = []
+
     async def disconnected_cb() -> None:
+        if holder and (holder[0].is_closed or holder[0].is_draining):
+            return  # we are closing it ourselves
         log.warning("nats disconnected", connection=name)
 
     async def reconnected_cb() -> None:
         log.info("nats reconnected", connection=name)
 
     try:
-        return await nats.connect(
+        nc = await nats.connect(
             url,
             name=name,
             connect_timeout=2,
@@ -79,6 +83,8 @@ async def connect(url: str, name: str) -> NatsClient:
         )
     except (OSError, nats.errors.Error) as exc:
         raise Unavailable(f"cannot connect to NATS at {url}: {exc}") from exc
+    holder.append(nc)
+    return nc
 
 
 def subject_for(prefix: str, subject: str) -> str:
