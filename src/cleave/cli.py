@@ -6,7 +6,11 @@
     cleave up [APP] [--port 8000] [--detach]  one process per service group, over NATS
     cleave ps [APP] [--json]                  the processes of a running `cleave up`
     cleave down [APP]                         stop a running `cleave up`
-    cleave db revision [APP] SERVICE -m MSG   a new schema migration, from the metadata
+    cleave status [APP]                       outbox backlogs, consumers, sagas of each worker
+    cleave scale SERVICE=N [APP]              add or drain workers of a running app
+    cleave deploy SERVICE [APP]               replace a service's workers, new before old
+    cleave chaos ACTION SERVICE [VALUE] [APP] kill, pause, resume, latency, drop, fail, clear
+    cleave db revision SERVICE [APP] -m MSG   a new schema migration, from the metadata
     cleave db upgrade [APP] [SERVICE]         migrate databases to the newest revision
     cleave db current [APP]                   the revision of every service's database
 
@@ -141,11 +145,17 @@ def ps(
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
     table = Table(title=f"{loaded.app.name}: {len(rows)} processes", title_justify="left")
-    for col in ("service", "replica", "pid", "group", "status", "uptime", "restarts"):
+    for col in ("service", "replica", "pid", "group", "status", "uptime", "restarts", "version"):
         table.add_column(col, justify="right" if col in ("replica", "pid", "restarts") else "left")
     for r in rows:
         status = r["status"]
-        color = {"ready": "green", "starting": "yellow", "restarting": "yellow"}.get(status, "red")
+        color = {
+            "ready": "green",
+            "starting": "yellow",
+            "restarting": "yellow",
+            "draining": "yellow",
+            "paused": "magenta",
+        }.get(status, "red")
         table.add_row(
             r["service"],
             str(r["replica"]),
@@ -154,6 +164,7 @@ def ps(
             f"[{color}]{status}[/]",
             _uptime(r["uptime_s"]),
             str(r["restarts"]),
+            r.get("version", ""),
         )
     console.print(table)
 
@@ -192,6 +203,78 @@ def status(
         )
         table.add_row(label, outbox, sagas, consumers)
     console.print(table)
+
+
+def _operate(loaded: LoadedApp, path: str, body: dict[str, Any]) -> Any:
+    from cleave.runtime import control
+
+    try:
+        return control.request(loaded, "POST", path, body, timeout=300)
+    except CleaveError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def scale(
+    spec: Annotated[str, typer.Argument(help="SERVICE=N, e.g. inventory=3.")],
+    path: AppArg = None,
+    state_dir: StateOpt = None,
+) -> None:
+    """Run N workers of a service's group on a running `cleave up` (adds, or drains extras)."""
+    service, _, count = spec.partition("=")
+    if not service or not count.isdigit():
+        _fail(f"expected SERVICE=N (like inventory=3), got {spec!r}", 2)
+    loaded = _load(path, state_dir)
+    result = _operate(loaded, "/api/scale", {"service": service, "replicas": int(count)})
+    console.print(
+        f"{result['group']}: {result['replicas']} replica(s) "
+        f"(+{result['added']} -{result['removed']})"
+    )
+
+
+@app.command()
+def deploy(
+    service: Annotated[str, typer.Argument(help="The service (or gateway) to redeploy.")],
+    path: AppArg = None,
+    state_dir: StateOpt = None,
+) -> None:
+    """Roll a service's workers onto the current code: new ones ready first, old ones drained."""
+    loaded = _load(path, state_dir)
+    result = _operate(loaded, "/api/deploy", {"service": service})
+    for r in result["replaced"]:
+        console.print(f"{result['group']}.{r['replica']}: {r['old']} -> {r['new']}")
+
+
+@app.command()
+def restart(
+    service: Annotated[str, typer.Argument(help="The service (or gateway) to restart.")],
+    path: AppArg = None,
+    state_dir: StateOpt = None,
+) -> None:
+    """Restart a service's workers one by one, with no failed calls (same as deploy)."""
+    deploy(service, path, state_dir)
+
+
+@app.command()
+def chaos(
+    action: Annotated[
+        str,
+        typer.Argument(
+            help="kill, pause, resume, latency (seconds), drop (share), fail (share), clear."
+        ),
+    ],
+    service: Annotated[str, typer.Argument(help="The service to hurt.")],
+    value: Annotated[
+        float | None, typer.Argument(help="Seconds or share, where it applies.")
+    ] = None,
+    path: Annotated[str | None, typer.Option("--app", help="The app's folder.")] = None,
+    replica: Annotated[int | None, typer.Option(help="Only this replica.")] = None,
+    state_dir: StateOpt = None,
+) -> None:
+    """Inject a fault into a running `cleave up`, for seeing what the rest of the app does."""
+    loaded = _load(path, state_dir)
+    body = {"action": action, "service": service, "replica": replica, "value": value}
+    console.print_json(data=_operate(loaded, "/api/chaos", body))
 
 
 @app.command()

@@ -31,6 +31,11 @@ plan, with the defaults::
     timeout = 2.5                 # seconds per attempt of a remote call
     retries = 2                   # only for calls safe to retry
 
+    [health]                      # `cleave up` asks each worker /healthz every `interval`
+    interval = 2.0                # seconds; after `failures` misses in a row (each waiting
+    timeout = 1.0                 # `timeout` seconds) the worker is killed and restarted
+    failures = 5
+
     [groups]                      # services sharing one process; others run alone
     checkout = ["orders", "billing"]
 
@@ -61,6 +66,7 @@ __all__ = [
     "AppSettings",
     "DatabaseSettings",
     "GatewaySettings",
+    "HealthSettings",
     "NatsSettings",
     "Plan",
     "RuntimeSettings",
@@ -101,6 +107,12 @@ class NatsSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     prefix: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")] = "cleave"
 
 
+class HealthSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    interval: Seconds = 2.0
+    timeout: Seconds = 1.0
+    failures: Annotated[int, msgspec.Meta(ge=1)] = 5
+
+
 class DatabaseSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     url: str = ""
 
@@ -120,6 +132,7 @@ class Plan(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     nats: NatsSettings = NatsSettings()
     database: DatabaseSettings = DatabaseSettings()
     resilience: ResilienceSettings = ResilienceSettings()
+    health: HealthSettings = HealthSettings()
     groups: dict[str, tuple[str, ...]] = {}
     services: dict[str, ServiceSettings] = {}
 

@@ -16,13 +16,89 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cleave.errors import LifecycleError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from cleave.errors import CleaveError, LifecycleError
 from cleave.runtime.procs import alive, terminate
 
 if TYPE_CHECKING:
     from cleave.app import LoadedApp
+    from cleave.runtime.supervisor import Supervisor
 
-__all__ = ["read_state", "request", "state_path", "stop", "write_state"]
+__all__ = ["control_app", "read_state", "request", "state_path", "stop", "write_state"]
+
+
+def control_app(sup: Supervisor) -> Starlette:
+    """The API the supervisor serves: ps, status, down, scale, deploy, chaos."""
+
+    async def ps(request: Request) -> JSONResponse:
+        return JSONResponse(
+            {
+                "app": sup.loaded.app.name,
+                "status": sup._status,
+                "gateway_url": sup.gateway_url,
+                "nats_url": sup.nats_url,
+                "processes": sup.processes(),
+            }
+        )
+
+    async def status(request: Request) -> JSONResponse:
+        return JSONResponse({"app": sup.loaded.app.name, "workers": await sup.status()})
+
+    async def down(request: Request) -> JSONResponse:
+        sup.request_stop()
+        return JSONResponse({"stopping": True})
+
+    async def scale(request: Request) -> JSONResponse:
+        body = await _body(request, ("service", "replicas"))
+        return JSONResponse(await sup.scale(str(body["service"]), int(body["replicas"])))
+
+    async def deploy(request: Request) -> JSONResponse:
+        body = await _body(request, ("service",))
+        return JSONResponse(await sup.deploy(str(body["service"])))
+
+    async def chaos(request: Request) -> JSONResponse:
+        body = await _body(request, ("action", "service"))
+        replica = body.get("replica")
+        value = body.get("value")
+        return JSONResponse(
+            await sup.chaos(
+                str(body["action"]),
+                str(body["service"]),
+                int(replica) if replica is not None else None,
+                float(value) if value is not None else None,
+            )
+        )
+
+    async def refused(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(
+            {"error": {"kind": type(exc).__name__, "message": str(exc)}}, status_code=400
+        )
+
+    return Starlette(
+        routes=[
+            Route("/api/ps", ps, methods=["GET"]),
+            Route("/api/status", status, methods=["GET"]),
+            Route("/api/down", down, methods=["POST"]),
+            Route("/api/scale", scale, methods=["POST"]),
+            Route("/api/deploy", deploy, methods=["POST"]),
+            Route("/api/chaos", chaos, methods=["POST"]),
+        ],
+        exception_handlers={CleaveError: refused, ValueError: refused},
+    )
+
+
+async def _body(request: Request, required: tuple[str, ...]) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ValueError("the request body must be JSON") from None
+    if not isinstance(body, dict) or any(k not in body for k in required):
+        raise ValueError(f"the request body must be an object with {', '.join(required)}")
+    return body
 
 
 def state_path(loaded: LoadedApp) -> Path:

@@ -32,12 +32,10 @@ from typing import IO, TYPE_CHECKING, Any
 import httpx
 from rich.console import Console
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from cleave.errors import CleaveError, ConfigError, LifecycleError
 from cleave.runtime import control
+from cleave.runtime.health import HealthMonitor
 from cleave.runtime.http import HttpServer, bind
 from cleave.runtime.natsd import EmbeddedNats
 
@@ -57,11 +55,17 @@ STOP_TIMEOUT = 20.0
 class Child:
     """One supervised worker process (a group replica, or the gateway)."""
 
-    def __init__(self, role: str, group: str, replica: int, services: tuple[str, ...]) -> None:
+    def __init__(
+        self, role: str, group: str, replica: int, services: tuple[str, ...], generation: int = 0
+    ) -> None:
         self.role = role
         self.group = group
         self.replica = replica
         self.services = services
+        #: Bumped by each deploy: old and new processes of a replica coexist for a moment.
+        self.generation = generation
+        self.paused = False
+        self.health_failures = 0
         self.status = "starting"
         self.pid: int | None = None
         self.started_at: float | None = None
@@ -94,6 +98,7 @@ class Child:
                 "uptime_s": round(uptime, 1) if uptime is not None else None,
                 "restarts": self.restarts,
                 "version": self.version,
+                "generation": self.generation,
                 "last_exit": self.last_exit,
             }
             for service in self.services
@@ -120,6 +125,11 @@ class Supervisor:
         self._status = "starting"
         self.started_at = time.time()
         self.logs_dir = loaded.state_dir / "logs"
+        self._ops = asyncio.Lock()  # one scale or deploy at a time
+        h = loaded.plan.health
+        self.health = HealthMonitor(
+            self, interval=h.interval, timeout=h.timeout, failures=h.failures
+        )
 
     # -- the whole run -------------------------------------------------------------------
 
@@ -135,6 +145,7 @@ class Supervisor:
                 f"[bold]{self.gateway_url}[/]   (Ctrl-C or `cleave down` to stop)"
             )
             self._write_state("ready")
+            self.health.start()
             await self._stop.wait()
             return 0
         except CleaveError as exc:
@@ -366,6 +377,7 @@ class Supervisor:
 
     async def _shutdown(self) -> None:
         self._stop.set()
+        await self.health.stop()
         gateways = [c for c in self.children if c.role == "gateway"]
         await self._stop_children(gateways)
         await self._stop_children([c for c in self.children if c.role != "gateway"])
@@ -377,6 +389,121 @@ class Supervisor:
             self._gateway_sock.close()
         control.state_path(self.loaded).unlink(missing_ok=True)
         self._say(f"{self.loaded.app.name}: stopped")
+
+    # -- operations: scale, deploy, chaos ------------------------------------------------
+
+    def group_of(self, service: str) -> str:
+        if service == "gateway" and self._gateway_sock is not None:
+            return "gateway"
+        for group, members in self.loaded.groups().items():
+            if service in members:
+                return group
+        raise ConfigError(
+            f"app {self.loaded.app.name} has no service {service!r} "
+            f"(services: {', '.join(self.loaded.app.services)})"
+        )
+
+    def live(self, group: str) -> list[Child]:
+        """The group's processes that are not being stopped, by replica."""
+        found = [c for c in self.children if c.group == group and not c.stopping]
+        return sorted(found, key=lambda c: (c.replica, c.generation))
+
+    async def _start_child(self, child: Child) -> None:
+        self.children.append(child)
+        await self._spawn(child)
+        try:
+            await self._await_ready([child])
+        except LifecycleError:
+            await self._stop_children([child])
+            self.children.remove(child)
+            raise
+
+    async def _retire(self, child: Child) -> None:
+        await self._stop_children([child])
+        if child in self.children:
+            self.children.remove(child)
+        self._write_state()
+
+    async def scale(self, service: str, replicas: int) -> dict[str, Any]:
+        """Run ``replicas`` processes of ``service``'s group, adding or draining workers."""
+        if not 0 <= replicas <= 64:
+            raise ConfigError(f"replicas must be between 0 and 64, got {replicas}")
+        group = self.group_of(service)
+        if group == "gateway":
+            raise ConfigError("the gateway runs one process; deploy it instead of scaling it")
+        async with self._ops:
+            current = self.live(group)
+            have = {c.replica for c in current}
+            members = self.loaded.groups()[group]
+            added = [Child("service", group, r, members) for r in range(replicas) if r not in have]
+            await asyncio.gather(*(self._start_child(c) for c in added))
+            retired = [c for c in current if c.replica >= replicas]
+            await asyncio.gather(*(self._retire(c) for c in retired))
+        self._say(f"scaled {group} to {replicas} (+{len(added)} -{len(retired)})")
+        return {"group": group, "replicas": replicas, "added": len(added), "removed": len(retired)}
+
+    async def deploy(self, service: str) -> dict[str, Any]:
+        """Replace ``service``'s group processes one replica at a time, new before old."""
+        group = self.group_of(service)
+        async with self._ops:
+            replaced = []
+            for old in self.live(group):
+                new = Child(old.role, old.group, old.replica, old.services, old.generation + 1)
+                try:
+                    await self._start_child(new)
+                except LifecycleError as exc:
+                    raise LifecycleError(
+                        f"deploy of {group} stopped: replica {old.replica} did not get ready "
+                        f"({exc}); the old workers keep running"
+                    ) from None
+                await self._retire(old)  # drains: in-flight calls finish, events are settled
+                replaced.append({"replica": old.replica, "old": old.version, "new": new.version})
+        self._say(f"deployed {group}: {len(replaced)} replica(s) replaced")
+        return {"group": group, "replaced": replaced}
+
+    async def chaos(
+        self, action: str, service: str, replica: int | None, value: float | None
+    ) -> dict[str, Any]:
+        """Hurt ``service`` on purpose: kill, pause, resume, or inject faults."""
+        group = self.group_of(service)
+        targets = [c for c in self.live(group) if replica is None or c.replica == replica]
+        if not targets:
+            raise LifecycleError(f"no running replica {replica} of {group}")
+        if action == "kill":
+            victim = targets[0] if replica is not None else random.choice(targets)
+            if victim.pid is None:
+                raise LifecycleError(f"{victim.label} has no process right now")
+            os.kill(victim.pid, signal.SIGKILL)
+            return {"killed": victim.label, "pid": victim.pid}
+        if action in ("pause", "resume"):
+            sig = signal.SIGSTOP if action == "pause" else signal.SIGCONT
+            for c in targets:
+                if c.pid is not None:
+                    os.kill(c.pid, sig)
+                    c.paused = action == "pause"
+                    c.status = "paused" if c.paused else "ready"
+            return {action: [c.label for c in targets]}
+        faults = {"latency": 0.0, "drop": 0.0, "fail": 0.0}
+        if action in ("latency", "drop", "fail"):
+            if value is None:
+                raise ConfigError(f"chaos {action} needs a value")
+            faults[action] = value
+        elif action != "clear":
+            raise ConfigError(
+                f"unknown chaos action {action!r}: kill, pause, resume, latency, drop, fail, clear"
+            )
+        answers = {}
+        for c in targets:
+            if c.admin_port is None:
+                continue
+            async with httpx.AsyncClient(timeout=5) as client:
+                resp = await client.post(
+                    f"http://127.0.0.1:{c.admin_port}/faults", json={"service": service, **faults}
+                )
+            if resp.status_code != 200:
+                raise LifecycleError(f"{c.label} refused the faults: {resp.text}")
+            answers[c.label] = resp.json()
+        return {"faults": faults, "workers": answers}
 
     # -- state, lock, control API --------------------------------------------------------
 
@@ -438,34 +565,14 @@ class Supervisor:
         return dict(await asyncio.gather(*(one(c) for c in self.children)))
 
     def processes(self) -> list[dict[str, Any]]:
-        return [row for c in self.children for row in c.rows()]
+        order = {g: i for i, g in enumerate([*self.loaded.groups(), "gateway"])}
+        children = sorted(
+            self.children, key=lambda c: (order.get(c.group, 99), c.replica, c.generation)
+        )
+        return [row for c in children for row in c.rows()]
 
     def _control_app(self) -> Starlette:
-        async def ps(request: Request) -> JSONResponse:
-            return JSONResponse(
-                {
-                    "app": self.loaded.app.name,
-                    "status": self._status,
-                    "gateway_url": self.gateway_url,
-                    "nats_url": self.nats_url,
-                    "processes": self.processes(),
-                }
-            )
-
-        async def status(request: Request) -> JSONResponse:
-            return JSONResponse({"app": self.loaded.app.name, "workers": await self.status()})
-
-        async def down(request: Request) -> JSONResponse:
-            self._stop.set()
-            return JSONResponse({"stopping": True})
-
-        return Starlette(
-            routes=[
-                Route("/api/ps", ps, methods=["GET"]),
-                Route("/api/status", status, methods=["GET"]),
-                Route("/api/down", down, methods=["POST"]),
-            ]
-        )
+        return control.control_app(self)
 
     def _say(self, text: str) -> None:
         self.console.print(text, highlight=False)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -45,6 +46,18 @@ class _Notifier:
             self._file = None  # the supervisor is gone; PDEATHSIG will stop us
 
 
+def code_version(loaded: LoadedApp) -> str:
+    """The app's version and a digest of its code: deploys show which code each worker runs."""
+    digest = hashlib.blake2b(digest_size=4)
+    for path in sorted(loaded.root.rglob("*.py")):
+        parts = path.relative_to(loaded.root).parts
+        if any(p.startswith(".") or p == "__pycache__" for p in parts):
+            continue
+        digest.update(str(path.relative_to(loaded.root)).encode())
+        digest.update(path.read_bytes())
+    return f"{loaded.plan.app.version}+{digest.hexdigest()}"
+
+
 async def _serve(
     loaded: LoadedApp, args: argparse.Namespace, stop: asyncio.Event, notify: _Notifier
 ) -> None:
@@ -61,12 +74,13 @@ async def _serve(
     label = f"{'gateway' if gateway else args.group}.{args.replica}"
     instance = f"{label}-{os.getpid()}"
     prefix = plan.nats.prefix
+    version = code_version(loaded)
     nc = await connect(args.nats, f"{app.name}.{label}")
     try:
         server = (
             None
             if gateway
-            else NatsRpcServer(nc, instance=instance, version=plan.app.version, prefix=prefix)
+            else NatsRpcServer(nc, instance=instance, version=version, prefix=prefix)
         )
         host = Host(
             app,
@@ -79,7 +93,9 @@ async def _serve(
             server=server,
         )
         health = Health()
-        admin = HttpServer(admin_app(health, host.status), "127.0.0.1", 0)
+        admin = HttpServer(
+            admin_app(health, host.status, None if gateway else host.inject), "127.0.0.1", 0
+        )
         await admin.start()
         await host.start()
         http: HttpServer | None = None
@@ -95,7 +111,7 @@ async def _serve(
         notify.send(
             "ready",
             services=names or ["gateway"],
-            version=plan.app.version,
+            version=version,
             admin_port=admin.port,
             url=http.url if http else "",
         )

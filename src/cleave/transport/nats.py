@@ -291,13 +291,19 @@ class NatsRpcServer:
                 await self.nc.publish(msg.reply, payload)
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Stop taking calls, then wait (up to ``grace`` s) for calls in progress."""
-        for sub in self._subs:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
-        self._subs.clear()
+        """Stop taking calls, then wait (up to ``grace`` s) for calls in progress.
+
+        Draining, not just unsubscribing: after the server confirms it will send
+        no more (a flush round trip), every request already sent to this process
+        is still handled, so a rolling deploy loses none. New requests go to the
+        other members of the queue group.
+        """
         if self.discovery is not None:
             await self.discovery.stop()
+        for sub in self._subs:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await asyncio.wait_for(sub.drain(), grace)
+        self._subs.clear()
         self._accepting = False
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace)
