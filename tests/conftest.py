@@ -199,6 +199,8 @@ class Run:
                 str(self.app_dir),
                 "--port",
                 str(self.port),
+                "--admin-port",
+                "0",
                 "--state-dir",
                 str(self.state_dir),
             ],

@@ -10,6 +10,7 @@
     cleave scale SERVICE=N [APP]              add or drain workers of a running app
     cleave deploy SERVICE [APP]               replace a service's workers, new before old
     cleave chaos ACTION SERVICE [VALUE] [APP] kill, pause, resume, latency, drop, fail, clear
+    cleave logs [SERVICE] [-f]                the workers' logs, merged (--app APP)
     cleave db revision SERVICE [APP] -m MSG   a new schema migration, from the metadata
     cleave db upgrade [APP] [SERVICE]         migrate databases to the newest revision
     cleave db current [APP]                   the revision of every service's database
@@ -21,6 +22,7 @@ or the nearest one above it with a cleave.toml.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -49,6 +51,10 @@ AppArg = Annotated[
 PortOpt = Annotated[
     int | None, typer.Option("--port", "-p", help="Gateway port (default 8000, or cleave.toml).")
 ]
+AdminOpt = Annotated[
+    int | None,
+    typer.Option("--admin-port", help="Dashboard port (default 8001, or a free one if busy)."),
+]
 StateOpt = Annotated[
     Path | None,
     typer.Option(
@@ -75,6 +81,7 @@ def run(
     path: AppArg = None,
     port: PortOpt = None,
     host: Annotated[str | None, typer.Option(help="Gateway address.")] = None,
+    admin_port: AdminOpt = None,
     state_dir: StateOpt = None,
 ) -> None:
     """Run the app as a modular monolith: every service and the gateway in one process."""
@@ -83,16 +90,21 @@ def run(
     loaded = _load(path, state_dir)
     gw = loaded.plan.gateway
 
-    def ready(url: str) -> None:
+    def ready(url: str, dashboard: str) -> None:
         names = ", ".join(loaded.app.services)
         console.print(f"[bold green]{loaded.app.name}[/] running as a monolith ({names})")
         if url:
-            console.print(f"gateway: [bold]{url}[/]   (Ctrl-C to stop)", highlight=False)
+            console.print(f"gateway:   [bold]{url}[/]   (Ctrl-C to stop)", highlight=False)
+        console.print(f"dashboard: [bold]{dashboard}[/]", highlight=False)
 
     try:
         asyncio.run(
             monolith.run(
-                loaded, host=host or gw.host, port=gw.port if port is None else port, on_ready=ready
+                loaded,
+                host=host or gw.host,
+                port=gw.port if port is None else port,
+                admin_port=admin_port,
+                on_ready=ready,
             )
         )
     except CleaveError as exc:
@@ -107,6 +119,7 @@ def up(
     detach: Annotated[
         bool, typer.Option("--detach", "-d", help="Start in the background and return.")
     ] = False,
+    admin_port: AdminOpt = None,
     state_dir: StateOpt = None,
 ) -> None:
     """Run the app as processes: an embedded NATS, one worker per service group, the gateway."""
@@ -115,13 +128,17 @@ def up(
     loaded = _load(path, state_dir)
     try:
         if detach:
-            url = supervisor.start_detached(loaded, port=port)
+            state = supervisor.start_detached(loaded, port=port, admin_port=admin_port)
             console.print(
-                f"[bold green]{loaded.app.name}[/] is up: gateway [bold]{url}[/]", highlight=False
+                f"[bold green]{loaded.app.name}[/] is up: gateway [bold]{state['gateway_url']}[/]",
+                highlight=False,
             )
+            console.print(f"dashboard: [bold]{state['dashboard_url']}[/]", highlight=False)
             console.print(f"stop it with: cleave down {loaded.root}", highlight=False)
             return
-        code = asyncio.run(supervisor.run(loaded, port=port, console=console))
+        code = asyncio.run(
+            supervisor.run(loaded, port=port, admin_port=admin_port, console=console)
+        )
     except CleaveError as exc:
         _fail(str(exc))
     raise typer.Exit(code)
@@ -275,6 +292,36 @@ def chaos(
     loaded = _load(path, state_dir)
     body = {"action": action, "service": service, "replica": replica, "value": value}
     console.print_json(data=_operate(loaded, "/api/chaos", body))
+
+
+@app.command()
+def logs(
+    service: Annotated[str | None, typer.Argument(help="Only this service (or group).")] = None,
+    path: Annotated[str | None, typer.Option("--app", help="The app's folder.")] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
+    ] = False,
+    lines: Annotated[
+        int, typer.Option("--lines", "-n", help="How many lines to start with.")
+    ] = 100,
+    state_dir: StateOpt = None,
+) -> None:
+    """The workers' logs of `cleave up`, merged by time (one JSON object per line underneath)."""
+    from cleave.observability import logs as logview
+
+    loaded = _load(path, state_dir)
+    logs_dir = loaded.state_dir / "logs"
+    if not logs_dir.exists():
+        _fail(f"no logs in {logs_dir}; has `cleave up {loaded.root}` run?")
+    known = {*loaded.app.services, *loaded.groups(), "gateway"}
+    if service is not None and service not in known:
+        _fail(f"app {loaded.app.name} has no service {service!r} ({', '.join(sorted(known))})", 2)
+    for line in logview.read(logs_dir, service, lines):
+        console.print(logview.format_line(line), soft_wrap=True)
+    if follow:
+        with contextlib.suppress(KeyboardInterrupt):
+            for line in logview.follow(logs_dir, service):
+                console.print(logview.format_line(line), soft_wrap=True)
 
 
 @app.command()

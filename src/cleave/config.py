@@ -36,6 +36,13 @@ plan, with the defaults::
     timeout = 1.0                 # `timeout` seconds) the worker is killed and restarted
     failures = 5
 
+    [observability]
+    admin_port = 8001             # the dashboard (and `cleave up`'s control API); `--admin-port`
+    tracing = true                # spans, in memory (and OTLP if OTEL_EXPORTER_OTLP_ENDPOINT)
+    sample_rate = 1.0             # share of new traces recorded
+    spans = 20000                 # spans kept in memory per process
+    access_log = false            # log every gateway request (failed ones are always logged)
+
     [groups]                      # services sharing one process; others run alone
     checkout = ["orders", "billing"]
 
@@ -68,6 +75,7 @@ __all__ = [
     "GatewaySettings",
     "HealthSettings",
     "NatsSettings",
+    "ObservabilitySettings",
     "Plan",
     "RuntimeSettings",
     "ServiceSettings",
@@ -107,6 +115,14 @@ class NatsSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     prefix: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")] = "cleave"
 
 
+class ObservabilitySettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    admin_port: Port = 8001
+    access_log: bool = False
+    tracing: bool = True
+    sample_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
+    spans: Annotated[int, msgspec.Meta(ge=100)] = 20_000
+
+
 class HealthSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     interval: Seconds = 2.0
     timeout: Seconds = 1.0
@@ -133,6 +149,7 @@ class Plan(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     database: DatabaseSettings = DatabaseSettings()
     resilience: ResilienceSettings = ResilienceSettings()
     health: HealthSettings = HealthSettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
     groups: dict[str, tuple[str, ...]] = {}
     services: dict[str, ServiceSettings] = {}
 

@@ -235,7 +235,16 @@ class Bulkhead:
 class Policy:
     """How one caller calls one method."""
 
-    __slots__ = ("backoff", "backoff_max", "breaker", "bulkhead", "fallback", "retries", "timeout")
+    __slots__ = (
+        "backoff",
+        "backoff_max",
+        "breaker",
+        "bulkhead",
+        "fallback",
+        "retries",
+        "stats",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -251,6 +260,8 @@ class Policy:
         self.breaker = breaker
         self.bulkhead = bulkhead
         self.fallback = fallback
+        #: Counts and latencies of these calls (see cleave.observability.metrics).
+        self.stats: Any = None
 
     def delay(self, attempt: int) -> float:
         """Full jitter: a random wait up to the exponential backoff of ``attempt``."""

@@ -47,6 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from cleave.data import schema
 from cleave.errors import ConfigError, DefinitionError, LifecycleError
 from cleave.messages import to_msgpack
+from cleave.observability.tracing import PRODUCER, id_attributes, tracer
 
 if TYPE_CHECKING:
     from cleave.messages import Event
@@ -94,12 +95,23 @@ class Transaction:
         from cleave import context  # local: keeps the data layer import-light
 
         ctx = context.current()
+        event_id = os.urandom(12).hex()
+        traceparent = ctx.traceparent if ctx is not None else ""
+        if tracer.enabled:
+            span = tracer.start(
+                f"publish {type(event).__topic__}", PRODUCER, self.db.service, traceparent
+            )
+            if span is not None:
+                span.attributes["event_id"] = event_id
+                id_attributes(event, span.attributes)
+                tracer.finish(span)
+                traceparent = span.traceparent  # the event's own span: its handling joins it
         self._events.append(
             {
-                "event_id": os.urandom(12).hex(),
+                "event_id": event_id,
                 "subject": subject,
                 "payload": to_msgpack(event),
-                "traceparent": ctx.traceparent if ctx is not None else "",
+                "traceparent": traceparent,
                 "created_at": time.time(),
             }
         )

@@ -27,6 +27,7 @@ import structlog
 from cleave.context import CallContext, _current
 from cleave.data import schema
 from cleave.messages import Event, from_msgpack
+from cleave.observability.tracing import CONSUMER, id_attributes, tracer
 
 if TYPE_CHECKING:
     from cleave.data.database import Database
@@ -65,9 +66,13 @@ class EventConsumer:
         self.duplicates = 0
         self.failures = 0
         self.dead_lettered = 0
+        self.redeliveries = 0
+        self.last_pending = 0  # refreshed for metrics
 
     async def deliver(self, delivery: Delivery) -> None:
         """Handle one delivery and settle it."""
+        if delivery.attempt > 1:
+            self.redeliveries += 1
         try:
             event = from_msgpack(delivery.data, self.event)
         except msgspec.DecodeError as exc:
@@ -99,12 +104,34 @@ class EventConsumer:
         await delivery.ack()
 
     async def _handle(self, delivery: Delivery, event: Event) -> bool:
+        traceparent = delivery.headers.get("traceparent", "")
+        span = None
+        if tracer.enabled:
+            span = tracer.start(
+                f"handle {type(event).__topic__}", CONSUMER, self.service, traceparent
+            )
+            if span is not None:
+                traceparent = span.traceparent
+                span.attributes["consumer"] = self.name
+                span.attributes["event_id"] = delivery.msg_id
+                span.attributes["attempt"] = delivery.attempt
+                id_attributes(event, span.attributes)
+        try:
+            fresh = await self._handle_in(delivery, event, traceparent)
+        except BaseException as exc:
+            if span is not None:
+                tracer.finish(span, f"{type(exc).__name__}: {exc}")
+            raise
+        if span is not None:
+            if not fresh:
+                span.attributes["duplicate"] = True
+            tracer.finish(span)
+        return fresh
+
+    async def _handle_in(self, delivery: Delivery, event: Event, traceparent: str) -> bool:
         inbox = schema.inbox
         ctx = CallContext(
-            time.time() + self.timeout,
-            f"evt-{delivery.msg_id}",
-            self.service,
-            delivery.headers.get("traceparent", ""),
+            time.time() + self.timeout, f"evt-{delivery.msg_id}", self.service, traceparent
         )
         token = _current.set(ctx)
         try:

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 import structlog
 
 from cleave.data import schema
+from cleave.observability.tracing import INTERNAL, tracer
 from cleave.transport.base import Outgoing
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ class OutboxRelay:
         self.poll = poll
         self.lease_ttl = lease_ttl
         self.published = 0
+        self.last_backlog = 0  # refreshed for metrics
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lease_until = 0.0
@@ -125,21 +127,32 @@ class OutboxRelay:
             ).all()
         if not rows:
             return 0
-        await self.broker.publish(
-            [
-                Outgoing(
-                    subject=r.subject,
-                    data=r.payload,
-                    msg_id=r.event_id,
-                    headers=(
-                        {"Cleave-Event-Id": r.event_id, "traceparent": r.traceparent}
-                        if r.traceparent
-                        else {"Cleave-Event-Id": r.event_id}
-                    ),
+        outgoing, spans = [], []
+        for r in rows:
+            headers = {"Cleave-Event-Id": r.event_id}
+            traceparent = r.traceparent
+            if traceparent and tracer.enabled:
+                # The relay joins the trace of the transaction that published the event.
+                span = tracer.start(
+                    f"relay {r.subject.split('.')[3]}", INTERNAL, self.db.service, traceparent
                 )
-                for r in rows
-            ]
-        )
+                if span is not None:
+                    span.attributes["event_id"] = r.event_id
+                    traceparent = span.traceparent
+                    spans.append(span)
+            if traceparent:
+                headers["traceparent"] = traceparent
+            outgoing.append(
+                Outgoing(subject=r.subject, data=r.payload, msg_id=r.event_id, headers=headers)
+            )
+        try:
+            await self.broker.publish(outgoing)
+        except Exception as exc:
+            for span in spans:
+                tracer.finish(span, f"{type(exc).__name__}: {exc}")
+            raise
+        for span in spans:
+            tracer.finish(span)
         async with self.db.transaction() as tx:
             await tx.execute(table.delete().where(table.c.seq.in_([r.seq for r in rows])))
         self.published += len(rows)

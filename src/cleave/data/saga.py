@@ -65,6 +65,7 @@ from cleave.context import CallContext, _current
 from cleave.data import schema
 from cleave.errors import CallError, CleaveError, DefinitionError, LifecycleError, ServiceError
 from cleave.messages import Message, to_msgpack
+from cleave.observability.tracing import INTERNAL, tracer
 
 if TYPE_CHECKING:
     from cleave.data.database import Database, Transaction
@@ -200,6 +201,7 @@ class SagaRunner(Generic[S]):
         self._limit = asyncio.Semaphore(64)
         self.completed = 0
         self.failed = 0
+        self.last_pending = 0  # refreshed for metrics
 
     # -- the author's API --------------------------------------------------------------------
 
@@ -211,6 +213,7 @@ class SagaRunner(Generic[S]):
             )
         now = time.time()
         table = schema.sagas
+        ctx = _current.get()
         async with self.db.transaction() as tx:
             exists = await tx.scalar(sa.select(table.c.state).where(table.c.saga_id == saga_id))
             if exists is not None:
@@ -231,6 +234,7 @@ class SagaRunner(Generic[S]):
                     # takes it only if we die first.
                     owner=self.owner,
                     lease_until=now + self.saga.lease,
+                    traceparent=ctx.traceparent if ctx is not None else "",
                     created_at=now,
                     updated_at=now,
                 )
@@ -401,6 +405,7 @@ class SagaRunner(Generic[S]):
         )
         if done:
             self.completed += 1
+            log.info("saga done", kind=self.kind, saga_id=row.saga_id)
 
     async def _to_compensation(self, row: Any, reason: str) -> None:
         log.info("saga compensating", saga_id=row.saga_id, kind=self.kind, reason=reason)
@@ -436,6 +441,7 @@ class SagaRunner(Generic[S]):
                 await self._retry(row, f"on_failure: {_describe(exc)}")
                 return
             self.failed += 1
+            log.info("saga failed", kind=self.kind, saga_id=row.saga_id, reason=row.reason)
             return
         step = self.saga.steps[row.step]
         if step.compensate is not None:
@@ -487,13 +493,41 @@ class SagaRunner(Generic[S]):
         timeout: float,
     ) -> Any:
         timeout = max(timeout, 0.05)
-        ctx = CallContext(time.time() + timeout, f"saga-{row.saga_id}.{label}", self.service)
+        traceparent = row.traceparent
+        span = None
+        if tracer.enabled:
+            span = tracer.start(
+                f"saga {self.saga.attr}: {label}", INTERNAL, self.service, traceparent
+            )
+            if span is not None:
+                traceparent = span.traceparent
+                span.attributes["saga_id"] = row.saga_id
+                span.attributes["attempt"] = row.attempts + 1
+        ctx = CallContext(
+            time.time() + timeout, f"saga-{row.saga_id}.{label}", self.service, traceparent
+        )
         token = _current.set(ctx)
         try:
             async with asyncio.timeout(timeout):
-                return await fn(self.instance, *args)
+                result = await fn(self.instance, *args)
+        except Abort as exc:
+            if span is not None:
+                tracer.finish(span, f"aborted: {exc.reason}")
+            raise
         except TimeoutError:
+            if span is not None:
+                tracer.finish(span, f"timed out after {timeout:.2f}s")
             raise _StepTimeout(f"{label} took over {timeout:.2f}s") from None
+        except BaseException as exc:
+            if span is not None:
+                tracer.finish(span, _describe(exc))
+            raise
+        else:
+            if span is not None:
+                if label == "on_failure":
+                    span.attributes["reason"] = args[-1]
+                tracer.finish(span, f"saga failed: {args[-1]}" if label == "on_failure" else "")
+            return result
         finally:
             _current.reset(token)
 

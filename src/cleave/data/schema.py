@@ -68,6 +68,8 @@ sagas = sa.Table(
     sa.Column("deadline_at", sa.Float, nullable=False),
     sa.Column("owner", sa.String(128), nullable=False),
     sa.Column("lease_until", sa.Float, nullable=False),
+    # The trace of the call that started it: every step joins that trace.
+    sa.Column("traceparent", sa.String(64), nullable=False, default=""),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Index("cleave_sagas_pending", "kind", "state", "lease_until"),

@@ -28,6 +28,7 @@ from cleave.errors import CallError, DeadlineExceeded, RemoteError, Unavailable
 from cleave.gateway.openapi import openapi
 from cleave.gateway.routes import Gateway, Route
 from cleave.messages import to_json
+from cleave.observability.tracing import SERVER, Span, id_attributes, tracer
 from cleave.runtime.router import Router
 
 __all__ = ["MAX_BODY", "build_asgi"]
@@ -50,6 +51,8 @@ def _error(
     status: int, kind: str, message: str, request_id: str, headers: dict[str, str] | None = None
 ) -> Response:
     body = to_json({"error": {"kind": kind, "message": message, "request_id": request_id}})
+    if request_id:
+        headers = {**(headers or {}), "x-request-id": request_id}
     return Response(body, status, headers=headers, media_type=_JSON)
 
 
@@ -128,27 +131,60 @@ async def _read_body(request: Request) -> bytes:
 
 
 def _endpoint(
-    route: Route, router: Router, timeout: float
+    route: Route, router: Router, timeout: float, access_log: bool
 ) -> Callable[[Request], Awaitable[Response]]:
     method = route.method
+    # The gateway is a caller like any other: [gateway.calls.<service>] tunes this policy.
+    policy = router.policy("gateway", method)
 
     async def endpoint(request: Request) -> Response:
+        span = None
+        traceparent = request.headers.get("traceparent", "")
+        if tracer.enabled:
+            span = tracer.start(route.name, SERVER, "gateway", traceparent)
+            if span is not None:
+                traceparent = span.traceparent
+                span.attributes["http.method"] = route.http_method
+                span.attributes["http.route"] = route.path
+        started = time.perf_counter()
+        response = await handle(request, span, traceparent)
+        status = response.status_code
+        if status >= 400 or access_log:
+            (log.warning if status >= 500 else log.info)(
+                "request",
+                method=route.http_method,
+                path=request.url.path,
+                status=status,
+                ms=round((time.perf_counter() - started) * 1000, 2),
+                request_id=response.headers.get("x-request-id", ""),
+                trace_id=span.trace_id if span is not None else "",
+            )
+        if span is not None:
+            span.attributes["http.status_code"] = response.status_code
+            error = ""
+            if response.status_code >= 400:
+                error = f"HTTP {response.status_code}: {bytes(response.body)[:300].decode()}"
+            tracer.finish(span, error)
+            response.headers["traceparent"] = span.traceparent
+        return response
+
+    async def handle(request: Request, span: Span | None, traceparent: str) -> Response:
         request_id = ""
         try:
             request_id = _request_id(request, route)
             message = await _decode(request, route)
-            ctx = CallContext(
-                time.time() + timeout,
-                request_id,
-                "gateway",
-                request.headers.get("traceparent", ""),
-            )
+            if span is not None:
+                span.attributes["request_id"] = request_id
+                id_attributes(message, span.attributes)
+            ctx = CallContext(time.time() + timeout, request_id, "gateway", traceparent)
             token = _current.set(ctx)
             try:
                 async with asyncio.timeout(timeout):
-                    result = await router.call(method, message, "gateway")
+                    result = await router.call(method, message, "gateway", policy)
             finally:
                 _current.reset(token)
+            if span is not None:
+                id_attributes(result, span.attributes)
             body = to_json(getattr(result, route.unwrap) if route.unwrap else result)
             return Response(
                 body,
@@ -190,11 +226,13 @@ def _call_error(exc: CallError, request_id: str) -> Response:
     return _error(exc.http_status, exc.kind, exc.message or exc.kind, request_id, headers)
 
 
-def build_asgi(gateway: Gateway, router: Router, *, timeout: float, app_name: str) -> Starlette:
+def build_asgi(
+    gateway: Gateway, router: Router, *, timeout: float, app_name: str, access_log: bool = False
+) -> Starlette:
     """The gateway's Starlette app, calling contract methods through ``router``."""
     document = to_json(openapi(gateway, title=app_name))
     routes = [
-        StarletteRoute(r.path, _endpoint(r, router, timeout), methods=[r.http_method])
+        StarletteRoute(r.path, _endpoint(r, router, timeout, access_log), methods=[r.http_method])
         for r in gateway.routes
     ]
 

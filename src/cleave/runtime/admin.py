@@ -1,29 +1,38 @@
-"""A worker's own small HTTP server, on a loopback port: health, status, faults.
+"""A worker's own small HTTP server, on a loopback port: health, status, telemetry, faults.
 
 - ``GET /healthz``: liveness, 200 while the event loop answers.
 - ``GET /readyz``: readiness, 200 once the worker's services (or gateway) take
   calls, 503 before that and while it drains.
 - ``GET /status``: outbox backlogs, consumers, sagas, calls in flight (JSON).
+- ``GET /metrics``: Prometheus metrics of this worker.
+- ``GET /stats``: the same numbers as plain data, for the dashboard.
+- ``GET /spans?q=&limit=`` and ``/spans?trace_id=``: recorded spans.
 - ``POST /faults``: ``{"service", "latency", "drop", "fail"}`` injects faults
   into calls of one of its services (``cleave chaos``); all zero clears them.
 
 The supervisor learns the port from the worker's ``ready`` note and uses
-these for ``cleave status``, ``cleave chaos`` and its health checks.
+these for ``cleave status``, ``cleave chaos``, its health checks and the
+dashboard.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cleave.errors import CleaveError
 from cleave.faults import Faults
+from cleave.observability.metrics import HostCollector, host_snapshot, refresher, registry_for
+from cleave.observability.metrics import render as render_metrics
+from cleave.observability.tracing import tracer
+
+if TYPE_CHECKING:
+    from cleave.runtime.host import Host
 
 __all__ = ["Health", "admin_app"]
 
@@ -44,11 +53,10 @@ class _FaultRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     methods: tuple[str, ...] = ()
 
 
-def admin_app(
-    health: Health,
-    status: Callable[[], Awaitable[dict[str, Any]]],
-    inject: Callable[[str, Faults | None], None] | None = None,
-) -> Starlette:
+def admin_app(health: Health, host: Host) -> Starlette:
+    registry = registry_for(HostCollector(host))
+    refresh = refresher(host)
+
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"live": True})
 
@@ -57,17 +65,30 @@ def admin_app(
         body = {"ready": ready, "draining": health.draining}
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    async def status_route(request: Request) -> JSONResponse:
-        return JSONResponse(await status())
+    async def status(request: Request) -> JSONResponse:
+        return JSONResponse(await host.status())
+
+    async def metrics(request: Request) -> Response:
+        await refresh()
+        return Response(render_metrics(registry), media_type="text/plain; version=0.0.4")
+
+    async def stats(request: Request) -> JSONResponse:
+        await refresh()
+        return JSONResponse(host_snapshot(host))
+
+    async def spans(request: Request) -> JSONResponse:
+        trace_id = request.query_params.get("trace_id")
+        if trace_id:
+            return JSONResponse(tracer.trace(trace_id))
+        limit = int(request.query_params.get("limit", "50"))
+        return JSONResponse(tracer.recent(request.query_params.get("q", ""), limit))
 
     async def faults(request: Request) -> JSONResponse:
-        if inject is None:
-            return JSONResponse({"error": "this worker runs no services"}, status_code=400)
         try:
             body = msgspec.json.decode(await request.body(), type=_FaultRequest)
             wanted = msgspec.structs.asdict(body)
             del wanted["service"]
-            inject(body.service, msgspec.convert(wanted, Faults))  # checks the ranges
+            host.inject(body.service, msgspec.convert(wanted, Faults))  # checks the ranges
         except (msgspec.DecodeError, CleaveError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse(msgspec.to_builtins(body))
@@ -76,7 +97,10 @@ def admin_app(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
-            Route("/status", status_route, methods=["GET"]),
+            Route("/status", status, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/stats", stats, methods=["GET"]),
+            Route("/spans", spans, methods=["GET"]),
             Route("/faults", faults, methods=["POST"]),
         ]
     )

@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 __all__ = ["control_app", "read_state", "request", "state_path", "stop", "write_state"]
 
 
-def control_app(sup: Supervisor) -> Starlette:
-    """The API the supervisor serves: ps, status, down, scale, deploy, chaos."""
+def control_app(sup: Supervisor, extra: list[Route] | None = None) -> Starlette:
+    """The API the supervisor serves: ps, status, down, scale, deploy, chaos (+ ``extra``)."""
 
     async def ps(request: Request) -> JSONResponse:
         return JSONResponse(
@@ -86,6 +86,7 @@ def control_app(sup: Supervisor) -> Starlette:
             Route("/api/scale", scale, methods=["POST"]),
             Route("/api/deploy", deploy, methods=["POST"]),
             Route("/api/chaos", chaos, methods=["POST"]),
+            *(extra or []),
         ],
         exception_handlers={CleaveError: refused, ValueError: refused},
     )

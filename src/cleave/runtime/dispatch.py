@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -32,6 +33,8 @@ from cleave.errors import (
     to_info,
 )
 from cleave.messages import from_msgpack, to_msgpack
+from cleave.observability.metrics import CallStats
+from cleave.observability.tracing import SERVER, id_attributes, tracer
 
 if TYPE_CHECKING:
     from cleave.contracts import MethodSpec
@@ -63,9 +66,41 @@ class Dispatcher:
         self.bound: dict[str, Any] = {n: getattr(instance, n) for n in spec.contract.methods}
         #: Injected faults (see cleave.faults), None in normal operation.
         self.faults: Faults | None = None
+        #: Calls served, by method name.
+        self.stats: dict[str, CallStats] = {n: CallStats() for n in spec.contract.methods}
 
     async def invoke(self, method: MethodSpec, request: Message, ctx: CallContext) -> Message:
         """Run ``method`` with ``request`` under ``ctx``; raise errors as the wire would."""
+        span = None
+        if tracer.enabled:
+            span = tracer.start(method.qualname, SERVER, self.name, ctx.traceparent)
+            if span is not None:
+                ctx.traceparent = span.traceparent
+                id_attributes(request, span.attributes)
+        stats = self.stats[method.name]
+        stats.in_flight += 1
+        started = perf_counter()
+        try:
+            result = await self._run(method, request, ctx)
+        except CallError as exc:
+            stats.record(perf_counter() - started, exc.kind)
+            if span is not None:
+                tracer.finish(span, f"{exc.kind}: {exc.message}")
+            raise
+        except BaseException as exc:
+            stats.record(perf_counter() - started, type(exc).__name__)
+            if span is not None:
+                tracer.finish(span, type(exc).__name__)
+            raise
+        finally:
+            stats.in_flight -= 1
+        stats.record(perf_counter() - started, "ok")
+        if span is not None:
+            id_attributes(result, span.attributes)
+            tracer.finish(span)
+        return result
+
+    async def _run(self, method: MethodSpec, request: Message, ctx: CallContext) -> Message:
         token = _current.set(ctx)
         try:
             if self.faults is not None:

@@ -100,7 +100,7 @@ class Host:
         self.sagas: list[SagaRunner[Any]] = []
         self.janitors: list[Janitor] = []
         self.subscriptions: list[Subscription] = []
-        self._consumer_subs: list[tuple[EventConsumer, Subscription]] = []
+        self.consumer_subscriptions: list[tuple[EventConsumer, Subscription]] = []
         self.state = HostState.NEW
 
     def client(self, contract: object, caller: str = "client") -> object:
@@ -192,7 +192,7 @@ class Host:
                 self.consumer_policy,
             )
             self.subscriptions.append(subscription)
-            self._consumer_subs.append((consumer, subscription))
+            self.consumer_subscriptions.append((consumer, subscription))
 
     def inject(self, service: str, faults: Faults | None) -> None:
         """Set (or with None, clear) injected faults on a service of this host."""
@@ -204,7 +204,7 @@ class Host:
     async def status(self) -> dict[str, Any]:
         """What this host is doing: backlogs, consumers, sagas (for ``cleave status``)."""
         consumers = {}
-        for consumer, subscription in self._consumer_subs:
+        for consumer, subscription in self.consumer_subscriptions:
             consumers[consumer.name] = {
                 "processed": consumer.processed,
                 "duplicates": consumer.duplicates,

@@ -18,7 +18,7 @@ import uvicorn
 
 from cleave.errors import ConfigError
 
-__all__ = ["HttpServer", "bind"]
+__all__ = ["HttpServer", "bind", "bind_admin"]
 
 
 class _Server(uvicorn.Server):
@@ -42,6 +42,16 @@ def bind(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def bind_admin(port: int, *, explicit: bool) -> socket.socket:
+    """The admin port on loopback; a busy default port falls back to a free one."""
+    try:
+        return bind("127.0.0.1", port)
+    except ConfigError:
+        if explicit or port == 0:
+            raise
+        return bind("127.0.0.1", 0)
 
 
 class HttpServer:

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from cleave.gateway.asgi import build_asgi
+from cleave.observability.tracing import tracer
 from cleave.runtime.host import Host
-from cleave.runtime.http import HttpServer
+from cleave.runtime.http import HttpServer, bind_admin
 from cleave.transport.local import MemoryBroker
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class Monolith:
             self.host.router,
             timeout=self.loaded.plan.runtime.timeout,
             app_name=app.name,
+            access_log=self.loaded.plan.observability.access_log,
         )
 
 
@@ -65,27 +67,45 @@ async def run(
     *,
     host: str,
     port: int,
-    on_ready: Callable[[str], None] = lambda url: None,
+    admin_port: int | None = None,
+    on_ready: Callable[[str, str], None] = lambda url, dashboard: None,
 ) -> None:
-    """Run the app as a monolith until SIGINT or SIGTERM."""
+    """Run the app as a monolith until SIGINT or SIGTERM; the dashboard on ``admin_port``."""
+    from cleave.observability.dashboard import Dashboard
+    from cleave.observability.sources import LocalSource
+    from cleave.runtime.worker import code_version
+
+    obs = loaded.plan.observability
+    tracer.configure(enabled=obs.tracing, sample_rate=obs.sample_rate, capacity=obs.spans)
     mono = Monolith(loaded)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    server: HttpServer | None = None
+    servers: list[HttpServer] = []
+    dashboard: Dashboard | None = None
     try:
         await mono.start()
+        url = ""
         if loaded.app.gateway is not None:
-            server = HttpServer(mono.asgi(), host, port)
-            await server.start()
-            on_ready(server.url)
-        else:
-            on_ready("")
+            servers.append(HttpServer(mono.asgi(), host, port))
+            await servers[-1].start()
+            url = servers[-1].url
+        source = LocalSource(mono.host, mono.broker, version=code_version(loaded))
+        dashboard = Dashboard(loaded.app, source, "monolith (one process)")
+        sock = bind_admin(
+            obs.admin_port if admin_port is None else admin_port, explicit=admin_port is not None
+        )
+        servers.append(HttpServer(dashboard.asgi(), "127.0.0.1", 0, sock=sock))
+        await servers[-1].start()
+        dashboard.start()
+        on_ready(url, servers[-1].url)
         await stop.wait()
     finally:
-        if server is not None:
+        for server in servers:
             await server.stop()
+        if dashboard is not None:
+            await dashboard.stop()
         await mono.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

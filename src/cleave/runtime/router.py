@@ -19,10 +19,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Coroutine
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from cleave.context import CallContext, _current, _tightened, new_request_id
 from cleave.errors import CallError, DeadlineExceeded, DefinitionError, Unavailable
+from cleave.observability.metrics import CallStats
+from cleave.observability.tracing import CLIENT, id_attributes, tracer
 from cleave.resilience import (
     Bulkhead,
     CircuitBreaker,
@@ -64,6 +67,8 @@ class Router:
         self.overrides = overrides or {}
         self.breakers: dict[tuple[str, str], CircuitBreaker] = {}
         self.bulkheads: dict[tuple[str, str], Bulkhead] = {}
+        #: Calls made, by (caller, "service.method").
+        self.stats: dict[tuple[str, str], CallStats] = {}
 
     def policy(self, caller: str, method: MethodSpec, fallback: Any = None) -> Policy:
         """The policy of ``caller`` calling ``method``; breakers are shared per service."""
@@ -78,12 +83,14 @@ class Router:
         bulkhead = self.bulkheads.get(key)
         if bulkhead is None and service_level.bulkhead:
             bulkhead = self.bulkheads[key] = Bulkhead(f"{caller}->{target}", service_level.bulkhead)
-        return Policy(
+        policy = Policy(
             settings,
             breaker if settings.breaker else None,
             bulkhead if settings.bulkhead else None,
             fallback,
         )
+        policy.stats = self.stats.setdefault((caller, method.qualname), CallStats())
+        return policy
 
     async def call(
         self, method: MethodSpec, request: Message, caller: str, policy: Policy | None = None
@@ -117,6 +124,33 @@ class Router:
             )
         if policy is None:
             return await self._attempt(method, request, ctx, armed, None)
+        span = None
+        if tracer.enabled:
+            span = tracer.start(method.qualname, CLIENT, caller, ctx.traceparent)
+            if span is not None:
+                ctx.traceparent = span.traceparent
+                id_attributes(request, span.attributes)
+        stats = policy.stats
+        stats.in_flight += 1
+        started = perf_counter()
+        try:
+            result = await self._policed(method, request, ctx, armed, policy)
+        except BaseException as exc:
+            outcome = exc.kind if isinstance(exc, CallError) else type(exc).__name__
+            stats.record(perf_counter() - started, outcome)
+            if span is not None:
+                tracer.finish(span, f"{outcome}: {exc}")
+            raise
+        finally:
+            stats.in_flight -= 1
+        stats.record(perf_counter() - started, "ok")
+        if span is not None:
+            tracer.finish(span)
+        return result
+
+    async def _policed(
+        self, method: MethodSpec, request: Message, ctx: CallContext, armed: bool, policy: Policy
+    ) -> Message:
         bulkhead = policy.bulkhead
         if bulkhead is not None:
             try:

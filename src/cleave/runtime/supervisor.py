@@ -34,9 +34,11 @@ from rich.console import Console
 from starlette.applications import Starlette
 
 from cleave.errors import CleaveError, ConfigError, LifecycleError
+from cleave.observability.dashboard import Dashboard
+from cleave.observability.sources import FleetSource
 from cleave.runtime import control
 from cleave.runtime.health import HealthMonitor
-from cleave.runtime.http import HttpServer, bind
+from cleave.runtime.http import HttpServer, bind, bind_admin
 from cleave.runtime.natsd import EmbeddedNats
 
 if TYPE_CHECKING:
@@ -109,7 +111,12 @@ class Supervisor:
     """Runs one app in the processes placement until told to stop."""
 
     def __init__(
-        self, loaded: LoadedApp, *, port: int | None = None, console: Console | None = None
+        self,
+        loaded: LoadedApp,
+        *,
+        port: int | None = None,
+        admin_port: int | None = None,
+        console: Console | None = None,
     ) -> None:
         self.loaded = loaded
         self.port = loaded.plan.gateway.port if port is None else port
@@ -127,6 +134,8 @@ class Supervisor:
         self.logs_dir = loaded.state_dir / "logs"
         self._ops = asyncio.Lock()  # one scale or deploy at a time
         h = loaded.plan.health
+        self.admin_port = admin_port
+        self.dashboard = Dashboard(loaded.app, FleetSource(self), "processes (cleave up)")
         self.health = HealthMonitor(
             self, interval=h.interval, timeout=h.timeout, failures=h.failures
         )
@@ -144,8 +153,10 @@ class Supervisor:
                 f"[bold green]{self.loaded.app.name}[/] is up: gateway "
                 f"[bold]{self.gateway_url}[/]   (Ctrl-C or `cleave down` to stop)"
             )
+            self._say(f"dashboard: [bold]{self.dashboard_url}[/]")
             self._write_state("ready")
             self.health.start()
+            self.dashboard.start()
             await self._stop.wait()
             return 0
         except CleaveError as exc:
@@ -168,7 +179,12 @@ class Supervisor:
         gw = self.loaded.plan.gateway
         if self.loaded.app.gateway is not None:
             self._gateway_sock = bind(gw.host, self.port)
-        self.control = HttpServer(self._control_app(), "127.0.0.1", 0)
+        obs = self.loaded.plan.observability
+        sock = bind_admin(
+            obs.admin_port if self.admin_port is None else self.admin_port,
+            explicit=self.admin_port is not None,
+        )
+        self.control = HttpServer(self._control_app(), "127.0.0.1", 0, sock=sock)
         await self.control.start()
         self._write_state("starting")
         if not self.nats_url:
@@ -375,9 +391,15 @@ class Supervisor:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await asyncio.wait_for(c.task, 2)
 
+    @property
+    def dashboard_url(self) -> str:
+        return self.control.url if self.control is not None else ""
+
     async def _shutdown(self) -> None:
         self._stop.set()
         await self.health.stop()
+        await self.dashboard.stop()
+        await self.dashboard.source.close()  # type: ignore[attr-defined]
         gateways = [c for c in self.children if c.role == "gateway"]
         await self._stop_children(gateways)
         await self._stop_children([c for c in self.children if c.role != "gateway"])
@@ -543,6 +565,7 @@ class Supervisor:
                 "status": self._status,
                 "control_port": self.control.port,
                 "gateway_url": self.gateway_url,
+                "dashboard_url": self.dashboard_url,
                 "nats_url": self.nats_url,
                 "started_at": self.started_at,
                 "children": children,
@@ -572,19 +595,23 @@ class Supervisor:
         return [row for c in children for row in c.rows()]
 
     def _control_app(self) -> Starlette:
-        return control.control_app(self)
+        return control.control_app(self, self.dashboard.routes())
 
     def _say(self, text: str) -> None:
         self.console.print(text, highlight=False)
 
 
-async def run(loaded: LoadedApp, *, port: int | None, console: Console) -> int:
+async def run(
+    loaded: LoadedApp, *, port: int | None, admin_port: int | None, console: Console
+) -> int:
     """``cleave up`` in the foreground; returns the exit code."""
-    return await Supervisor(loaded, port=port, console=console).run()
+    return await Supervisor(loaded, port=port, admin_port=admin_port, console=console).run()
 
 
-def start_detached(loaded: LoadedApp, *, port: int | None, timeout: float = 120.0) -> str:
-    """Start ``cleave up`` in the background; return the gateway URL once it is ready."""
+def start_detached(
+    loaded: LoadedApp, *, port: int | None, admin_port: int | None = None, timeout: float = 120.0
+) -> dict[str, Any]:
+    """Start ``cleave up`` in the background; return its state once it is ready."""
     existing = control.read_state(loaded)
     if existing is not None:
         raise ConfigError(
@@ -604,6 +631,8 @@ def start_detached(loaded: LoadedApp, *, port: int | None, timeout: float = 120.
     ]
     if port is not None:
         argv += ["--port", str(port)]
+    if admin_port is not None:
+        argv += ["--admin-port", str(admin_port)]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             argv,
@@ -620,7 +649,7 @@ def start_detached(loaded: LoadedApp, *, port: int | None, timeout: float = 120.
             raise LifecycleError(f"cleave up exited with code {proc.returncode}:\n{tail}")
         state = control.read_state(loaded)
         if state is not None and state.get("pid") == proc.pid and state["status"] == "ready":
-            return str(state["gateway_url"])
+            return state
         time.sleep(0.1)
     control.stop(loaded)
     raise LifecycleError(f"cleave up was not ready within {timeout:g}s; see {log_path}")

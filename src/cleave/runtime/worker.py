@@ -25,7 +25,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from cleave.app import LoadedApp, load
+from cleave.observability.tracing import tracer
 from cleave.runtime.admin import Health, admin_app
 from cleave.runtime.http import HttpServer
 from cleave.runtime.procs import die_with_parent
@@ -67,6 +70,8 @@ async def _serve(
     from cleave.transport.nats import NatsRpcClient, NatsRpcServer, connect
 
     app, plan = loaded.app, loaded.plan
+    obs = plan.observability
+    tracer.configure(enabled=obs.tracing, sample_rate=obs.sample_rate, capacity=obs.spans)
     gateway = args.role == "gateway"
     if gateway and app.gateway is None:
         raise SystemExit(f"app {app.name} has no gateway")
@@ -93,21 +98,26 @@ async def _serve(
             server=server,
         )
         health = Health()
-        admin = HttpServer(
-            admin_app(health, host.status, None if gateway else host.inject), "127.0.0.1", 0
-        )
+        admin = HttpServer(admin_app(health, host), "127.0.0.1", 0)
         await admin.start()
         await host.start()
         http: HttpServer | None = None
         if gateway:
             assert app.gateway is not None
             asgi = build_asgi(
-                app.gateway, host.router, timeout=plan.runtime.timeout, app_name=app.name
+                app.gateway,
+                host.router,
+                timeout=plan.runtime.timeout,
+                app_name=app.name,
+                access_log=obs.access_log,
             )
             sock = socket.socket(fileno=args.listen_fd) if args.listen_fd is not None else None
             http = HttpServer(asgi, plan.gateway.host, plan.gateway.port, sock=sock)
             await http.start()
         health.ready = True
+        structlog.get_logger("cleave.worker").info(
+            "worker ready", services=names or ["gateway"], version=version, pid=os.getpid()
+        )
         notify.send(
             "ready",
             services=names or ["gateway"],

@@ -1,0 +1,1 @@
+"""Seeing the whole system: traces, metrics, logs, the dashboard."""

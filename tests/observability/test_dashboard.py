@@ -1,0 +1,150 @@
+"""The dashboard in a real browser (headless Chromium), on both placements."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import SHOP, Run, Up, cli, wait_until
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SERVICES = ["gateway", "catalog", "inventory", "orders", "billing", "shipping", "notifications"]
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not os.path.exists(CHROMIUM) and not os.environ.get("CLEAVE_REQUIRE_BROWSER"),
+        reason="Chromium is not installed (apt-get install chromium)",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                "--disable-sync",
+            ],
+        )
+        yield b
+        b.close()
+
+
+def shot(page: Any, tmp: Path, name: str) -> None:
+    page.screenshot(path=str(tmp / name), full_page=True)
+    if os.environ.get("CLEAVE_UPDATE_SCREENSHOTS"):
+        page.screenshot(path=str(DOCS / name), full_page=False)
+
+
+def order(url: str, account: str, sku: str = "CBL-01") -> dict[str, Any]:
+    resp = httpx.post(
+        f"{url}/v1/orders",
+        json={"account_id": account, "items": [{"sku": sku, "qty": 1}]},
+        timeout=30,
+    )
+    assert resp.status_code in (201, 202), resp.text
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+def dashboard_of(run: Run) -> str:
+    assert run.proc.stdout is not None
+    return wait_until(lambda: _dashboard_line(run), timeout=10)
+
+
+def _dashboard_line(run: Run) -> str | None:
+    line = run.proc.stdout.readline().decode()
+    return line.split("dashboard:", 1)[1].strip() if "dashboard:" in line else None
+
+
+def test_monolith_topology_and_why_an_order_failed(browser: Any, tmp_path: Path) -> None:
+    run = Run(SHOP, tmp_path).start()
+    try:
+        url = dashboard_of(run)
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.goto(url)
+        for name in SERVICES:
+            page.wait_for_selector(f"#nodes [data-node='{name}']", timeout=15_000)
+        assert "monolith" in page.inner_text("#placement")
+        for _ in range(3):
+            order(run.url, "acc-alice")
+        failed = order(run.url, "acc-poor")
+        assert failed["status"] == "cancelled"
+        page.wait_for_timeout(2500)  # one refresh of the page's live numbers
+        assert page.locator("#processes tbody tr").count() == len(SERVICES)
+        page.fill("#search", failed["order_id"])
+        page.press("#search", "Enter")
+        page.wait_for_selector("#waterfall .main-svg", timeout=15_000)
+        errors = page.inner_text("#trace-errors")
+        assert "payment declined: insufficient funds" in errors
+        assert failed["order_id"] in page.inner_text("#trace-summary")
+        shot(page, tmp_path, "dashboard-trace.png")
+    finally:
+        run.stop()
+
+
+@pytest.mark.processes
+@pytest.mark.nats
+def test_processes_traces_cross_workers_and_a_down_service_shows(
+    browser: Any, tmp_path: Path
+) -> None:
+    up = Up(SHOP, tmp_path).start()
+    try:
+        state = json.loads((tmp_path / "run" / "supervisor.json").read_text())
+        url = state["dashboard_url"]
+        placed = order(up.url, "acc-bob")
+        assert placed["status"] == "confirmed"
+
+        def found() -> dict[str, Any] | None:
+            traces = httpx.get(f"{url}/api/traces", params={"q": placed["order_id"]}).json()
+            if not traces:
+                return None
+            detail = httpx.get(f"{url}/api/traces/{traces[0]['trace_id']}").json()
+            names = {(s["service"], s["name"]) for s in detail["spans"]}
+            return detail if ("shipping", "handle order_confirmed") in names else None
+
+        detail = wait_until(found, timeout=20)
+        services = set(detail["summary"]["services"])
+        assert {"gateway", "orders", "billing", "inventory", "shipping"} <= services
+
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.goto(url)
+        for name in SERVICES:
+            page.wait_for_selector(f"#nodes [data-node='{name}']", timeout=15_000)
+        assert "processes" in page.inner_text("#placement")
+        for _ in range(4):
+            order(up.url, "acc-carol")
+        page.wait_for_timeout(2500)
+        shot(page, tmp_path, "dashboard.png")
+
+        cli("scale", "billing=0", SHOP, "--state-dir", tmp_path)
+        page.wait_for_selector("#nodes [data-node='billing'].down", timeout=15_000)
+        resp = httpx.post(
+            f"{up.url}/v1/orders",
+            json={"account_id": "acc-carol", "items": [{"sku": "CBL-01", "qty": 1}]},
+            timeout=30,
+        )
+        assert resp.status_code in (503, 504)
+        page.wait_for_timeout(2500)
+        shot(page, tmp_path, "dashboard-billing-down.png")
+        cli("scale", "billing=1", SHOP, "--state-dir", tmp_path)
+        page.wait_for_selector("#nodes [data-node='billing'].ok", timeout=20_000)
+    finally:
+        up.stop()
