@@ -47,10 +47,25 @@ def browser() -> Iterator[Any]:
         b.close()
 
 
-def shot(page: Any, tmp: Path, name: str) -> None:
+def shot(page: Any, tmp: Path, name: str, element: str = "") -> None:
+    """Keep a screenshot; with CLEAVE_UPDATE_SCREENSHOTS=1, also the docs' copy."""
     page.screenshot(path=str(tmp / name), full_page=True)
     if os.environ.get("CLEAVE_UPDATE_SCREENSHOTS"):
-        page.screenshot(path=str(DOCS / name), full_page=False)
+        target = page.locator(element) if element else page
+        target.screenshot(path=str(DOCS / name))
+
+
+def steady_orders(url: str, seconds: float) -> None:
+    """Some traffic, so the live numbers have something to show."""
+    import time
+
+    end = time.monotonic() + seconds
+    accounts = ["acc-alice", "acc-bob", "acc-carol", "acc-poor"]
+    i = 0
+    while time.monotonic() < end:
+        order(url, accounts[i % len(accounts)])
+        httpx.get(f"{url}/v1/products", timeout=10)
+        i += 1
 
 
 def order(url: str, account: str, sku: str = "CBL-01") -> dict[str, Any]:
@@ -95,7 +110,7 @@ def test_monolith_topology_and_why_an_order_failed(browser: Any, tmp_path: Path)
         errors = page.inner_text("#trace-errors")
         assert "payment declined: insufficient funds" in errors
         assert failed["order_id"] in page.inner_text("#trace-summary")
-        shot(page, tmp_path, "dashboard-trace.png")
+        shot(page, tmp_path, "dashboard-trace.png", element="#trace-panel")
     finally:
         run.stop()
 
@@ -129,9 +144,8 @@ def test_processes_traces_cross_workers_and_a_down_service_shows(
         for name in SERVICES:
             page.wait_for_selector(f"#nodes [data-node='{name}']", timeout=15_000)
         assert "processes" in page.inner_text("#placement")
-        for _ in range(4):
-            order(up.url, "acc-carol")
-        page.wait_for_timeout(2500)
+        steady_orders(up.url, 6.0)
+        page.wait_for_timeout(500)
         shot(page, tmp_path, "dashboard.png")
 
         cli("scale", "billing=0", SHOP, "--state-dir", tmp_path)

@@ -101,6 +101,21 @@ class Dashboard:
         (t0, old), (t1, new) = self._window()
         span = max(t1 - t0, 1e-9)
         processes = await self.source.processes()
+        running = {p["service"] for p in processes}
+        for name in self.layout:  # a service with no process at all is shown, and down
+            if name not in running and (name != "gateway" or self.app.gateway is not None):
+                processes.append(
+                    {
+                        "service": name,
+                        "replica": "-",
+                        "pid": None,
+                        "group": "",
+                        "status": "not running",
+                        "uptime_s": None,
+                        "restarts": 0,
+                        "version": "",
+                    }
+                )
         edges = [self._edge(e, old, new, span) for e in self.app.edges]
         nodes = self._nodes(processes, old, new, span, edges)
         return {
@@ -180,7 +195,7 @@ class Dashboard:
     ) -> list[dict[str, Any]]:
         nodes = []
         for name, (x, y) in self.layout.items():
-            rows = [p for p in processes if p["service"] == name]
+            rows = [p for p in processes if p["service"] == name and p["pid"] is not None]
             ready = sum(1 for p in rows if p["status"] == "ready")
             served_old = [s for s in old.get("served", []) if s["service"] == name]
             served_new = [s for s in new.get("served", []) if s["service"] == name]
