@@ -191,7 +191,7 @@ class Plan(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
             return own
         if self.database.url:
             return self.database.url.replace("{service}", service)
-        return f"sqlite+aiosqlite:///{data_dir / f'{service}.db'}"
+        return f"sqlite:///{data_dir / f'{service}.db'}"
 
     def groups_for(self, services: list[str]) -> dict[str, tuple[str, ...]]:
         """Every group, in order: the declared ones, then one per service not in any."""

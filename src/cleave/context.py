@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+import msgspec
+
 from cleave.errors import ConfigError
 
 __all__ = [
@@ -34,24 +36,24 @@ __all__ = [
 ]
 
 
-class CallContext:
-    """Deadline, request id, caller and trace parent of the call being handled."""
+class CallContext(msgspec.Struct, gc=False):
+    """Deadline, request id, caller and trace parent of the call being handled.
 
-    __slots__ = ("_calls", "caller", "deadline", "request_id", "traceparent")
+    A Struct, not a plain class: one is made per call, and msgspec builds it
+    in a third of the time.
+    """
 
-    def __init__(
-        self, deadline: float, request_id: str, caller: str, traceparent: str = ""
-    ) -> None:
-        self.deadline = deadline
-        self.request_id = request_id
-        self.caller = caller
-        self.traceparent = traceparent
-        self._calls = 0
+    deadline: float
+    request_id: str
+    caller: str
+    traceparent: str = ""
+    #: Calls made so far while handling this one (numbers the children's ids).
+    calls: int = 0
 
     def child_request_id(self) -> str:
         """The request id of the next call made while handling this one."""
-        self._calls += 1
-        return f"{self.request_id}.{self._calls}"
+        self.calls += 1
+        return f"{self.request_id}.{self.calls}"
 
     def __repr__(self) -> str:
         left = self.deadline - time.time()

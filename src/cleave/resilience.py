@@ -139,8 +139,13 @@ class CircuitBreaker:
         self.opened_at = 0.0
         self.in_probe = 0
         self.opened = 0  # how many times it opened (for metrics)
-        # One [second, calls, failures] bucket per second of the window.
-        self._buckets: collections.deque[list[float]] = collections.deque()
+        # Closed buckets of [start, calls, failures], one per second of the window, and the
+        # current one's counts in plain attributes (a success only adds one: it is the
+        # common case, on every call).
+        self._buckets: collections.deque[tuple[float, int, int]] = collections.deque()
+        self._start = 0.0
+        self._calls = 0
+        self._failures = 0
 
     def allow(self, service: str, method: str) -> None:
         """Let a call through, or raise :class:`CircuitOpen`."""
@@ -169,7 +174,8 @@ class CircuitBreaker:
             )
         self.in_probe += 1
 
-    def record(self, failed: bool) -> None:
+    def record(self, failed: bool, now: float | None = None) -> None:
+        """Count a call; ``now`` (a ``perf_counter`` reading) saves a clock call."""
         if self.state is not CLOSED:
             if self.state is HALF_OPEN:
                 self.in_probe = max(0, self.in_probe - 1)
@@ -177,32 +183,37 @@ class CircuitBreaker:
                     self._open()
                 else:
                     self.state = CLOSED
-                    self._buckets.clear()
+                    self._reset()
             return
-        now = time.monotonic()
-        second = int(now)
-        buckets = self._buckets
-        if buckets and buckets[-1][0] == second:
-            bucket = buckets[-1]
-        else:
-            bucket = [second, 0, 0]
-            buckets.append(bucket)
-            horizon = now - self.window
-            while buckets and buckets[0][0] < horizon:
-                buckets.popleft()
-        bucket[1] += 1
+        if now is None:
+            now = time.perf_counter()
+        if now - self._start >= 1.0:
+            self._roll(now)
+        self._calls += 1
         if failed:
-            bucket[2] += 1
-            calls = sum(b[1] for b in buckets)
-            failures = sum(b[2] for b in buckets)
+            self._failures += 1
+            calls = self._calls + sum(b[1] for b in self._buckets)
+            failures = self._failures + sum(b[2] for b in self._buckets)
             if calls >= self.min_calls and failures >= self.failure_rate * calls:
                 self._open()
 
+    def _roll(self, now: float) -> None:
+        if self._calls:
+            self._buckets.append((self._start, self._calls, self._failures))
+        self._start, self._calls, self._failures = now, 0, 0
+        horizon = now - self.window
+        while self._buckets and self._buckets[0][0] < horizon:
+            self._buckets.popleft()
+
+    def _reset(self) -> None:
+        self._buckets.clear()
+        self._start, self._calls, self._failures = 0.0, 0, 0
+
     def _open(self) -> None:
         self.state = OPEN
-        self.opened_at = time.monotonic()
+        self.opened_at = time.monotonic()  # compared with time.monotonic() in allow()
         self.opened += 1
-        self._buckets.clear()
+        self._reset()
 
 
 class Bulkhead:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 if TYPE_CHECKING:
@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from cleave.messages import Message
 
 __all__ = [
+    "BatchHandler",
     "Deadline",
     "Delivery",
     "DeliveryHandler",
@@ -60,3 +61,5 @@ class Delivery(Protocol):
 
 #: Handles one delivery; must settle it (ack, nak or term).
 DeliveryHandler: TypeAlias = Callable[[Delivery], Awaitable[None]]
+#: Handles several deliveries at once; must settle each.
+BatchHandler: TypeAlias = Callable[[Sequence[Delivery]], Awaitable[None]]

@@ -34,7 +34,7 @@ async def start(folder: Path, meta: sa.MetaData, url: str) -> Database:
 
 async def test_revisions_are_generated_applied_and_keep_data(tmp_path: Path) -> None:
     folder = tmp_path / "migrations" / "users"
-    url = f"sqlite+aiosqlite:///{tmp_path / 'users.db'}"
+    url = f"sqlite:///{tmp_path / 'users.db'}"
     first = await migrations.revision(folder, users(1), "create users")
     assert first is not None
     assert "op.create_table(" in first.read_text()
@@ -61,7 +61,7 @@ async def test_revisions_are_generated_applied_and_keep_data(tmp_path: Path) -> 
 async def test_replicas_starting_together_migrate_once(tmp_path: Path) -> None:
     folder = tmp_path / "m"
     await migrations.revision(folder, users(2), "create")
-    url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
     dbs = await asyncio.gather(*(start(folder, users(2), url) for _ in range(4)))
     assert {db.revision for db in dbs} == {migrations.newest(folder)}
     for db in dbs:
@@ -89,7 +89,7 @@ async def test_mistakes_are_explained(tmp_path: Path) -> None:
     with pytest.raises(cleave.DefinitionError, match="must be an absolute path"):
         await (
             Database(users(1), migrations="relative/path")
-            .bind("users", f"sqlite+aiosqlite:///{tmp_path / 'x.db'}", {})
+            .bind("users", f"sqlite:///{tmp_path / 'x.db'}", {})
             .start()
         )
     with pytest.raises(cleave.ConfigError, match="is not a migrations folder"):

@@ -88,7 +88,12 @@ class Client(threading.Thread):
                     "/v1/orders", json=plan["body"], headers={"Idempotency-Key": plan["key"]}
                 )
                 if resp.status_code < 300:
-                    return resp.json()
+                    try:
+                        return resp.json()
+                    except ValueError:
+                        raise AssertionError(
+                            f"a {resp.status_code} that is not JSON: {resp.text[:300]!r}"
+                        ) from None
                 if resp.status_code < 500 and resp.status_code not in (408, 429):
                     raise AssertionError(f"order refused: {resp.status_code} {resp.text}")
             except httpx.TransportError:

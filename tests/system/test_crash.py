@@ -117,7 +117,10 @@ async def replay_every_event(nats_url: str) -> int:
             info = await js.stream_info(name)
             for seq in range(info.state.first_seq, info.state.last_seq + 1):
                 msg = await js.get_msg(name, seq)
-                headers = dict(msg.headers or {})
+                # The event as stored, minus how it was batched, under a new message id.
+                headers = {
+                    k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-Batch-")
+                }
                 headers["Nats-Msg-Id"] = headers.get("Nats-Msg-Id", str(seq)) + "-replay"
                 await js.publish(msg.subject or "", msg.data or b"", headers=headers)
                 replayed += 1

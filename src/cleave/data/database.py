@@ -21,11 +21,14 @@ Transactions nest by joining: inside an open transaction of the same database
 method), ``transaction()`` returns that one and does not commit on exit, so
 the whole unit commits once, with its inbox or idempotency record.
 
-SQLite: WAL journal, ``BEGIN IMMEDIATE`` for write transactions and one writer
-at a time per process (an asyncio lock), so concurrent coroutines queue
-instead of failing with "database is locked"; replicas in other processes
-wait on SQLite's busy timeout. A committed transaction survives a killed
-process (WAL with ``synchronous=NORMAL``).
+SQLite runs on the event loop's own thread: its statements take microseconds
+(WAL journal, ``synchronous=NORMAL``: a commit writes without waiting for the
+disk, and a committed transaction still survives a killed process), far less
+than handing each one to a thread and back, as an async driver must. Write
+transactions start with ``BEGIN IMMEDIATE``, one at a time per process (an
+asyncio lock); a replica in another process holding the write lock is waited
+for with ``await asyncio.sleep`` between tries, never by blocking the loop.
+PostgreSQL runs on asyncpg.
 """
 
 from __future__ import annotations
@@ -52,14 +55,14 @@ from cleave.observability.tracing import PRODUCER, id_attributes, tracer
 if TYPE_CHECKING:
     from cleave.messages import Event
 
-__all__ = ["Database", "Transaction", "default_url"]
+__all__ = ["Database", "Transaction", "default_url", "sqlite_engine"]
 
 _ambient: ContextVar[Transaction | None] = ContextVar("cleave_tx", default=None)
 
 
 def default_url(data_dir: Path, service: str) -> str:
     """The SQLite file a service uses when cleave.toml gives no URL."""
-    return f"sqlite+aiosqlite:///{data_dir / f'{service}.db'}"
+    return f"sqlite:///{data_dir / f'{service}.db'}"
 
 
 class Transaction:
@@ -71,8 +74,11 @@ class Transaction:
 
     __slots__ = ("_events", "closed", "connection", "db", "readonly")
 
-    def __init__(self, db: Database, connection: AsyncConnection, readonly: bool) -> None:
+    def __init__(
+        self, db: Database, connection: sa.Connection | AsyncConnection, readonly: bool
+    ) -> None:
         self.db = db
+        #: The SQLAlchemy connection: a plain one for SQLite, an async one for PostgreSQL.
         self.connection = connection
         self.readonly = readonly
         self.closed = False
@@ -80,12 +86,18 @@ class Transaction:
 
     async def execute(self, statement: Any, parameters: Any = None) -> sa.CursorResult[Any]:
         """Execute a SQLAlchemy statement (Core) in this transaction."""
-        result: sa.CursorResult[Any] = await self.connection.execute(statement, parameters)
+        conn = self.connection
+        if isinstance(conn, sa.Connection):
+            return conn.execute(statement, parameters)
+        result: sa.CursorResult[Any] = await conn.execute(statement, parameters)
         return result
 
     async def scalar(self, statement: Any, parameters: Any = None) -> Any:
         """Execute and return the first column of the first row, or None."""
-        return await self.connection.scalar(statement, parameters)
+        conn = self.connection
+        if isinstance(conn, sa.Connection):
+            return conn.scalar(statement, parameters)
+        return await conn.scalar(statement, parameters)
 
     def publish(self, event: Event) -> None:
         """Stage ``event`` for the outbox; it is written when this transaction commits."""
@@ -119,7 +131,7 @@ class Transaction:
     async def _flush_outbox(self) -> bool:
         if not self._events:
             return False
-        await self.connection.execute(schema.outbox.insert(), self._events)
+        await self.execute(schema.outbox.insert(), self._events)
         self._events = []
         return True
 
@@ -138,6 +150,7 @@ class Database:
         self.url = ""
         self.attr = "db"
         self._engine: AsyncEngine | None = None
+        self._sync: sa.Engine | None = None
         self._write_lock: asyncio.Lock | None = None
         self._event_subjects: dict[type, str] = {}
         self._committed_events: list[Callable[[], None]] = []
@@ -175,13 +188,18 @@ class Database:
 
     @property
     def engine(self) -> AsyncEngine:
+        """The async engine (PostgreSQL)."""
         if self._engine is None:
             raise LifecycleError(f"database of {self.service or 'an unbound service'} not started")
         return self._engine
 
+    @property
+    def started(self) -> bool:
+        return self._engine is not None or self._sync is not None
+
     async def start(self) -> None:
         """Connect, and create the service's and Cleave's tables if missing."""
-        if self._engine is not None:
+        if self.started:
             raise LifecycleError(f"database of {self.service} already started")
         if not self.url:
             raise LifecycleError("Database.start() on an unbound declaration; call bind() first")
@@ -190,7 +208,7 @@ class Database:
         except sa.exc.ArgumentError as exc:
             raise ConfigError(f"database URL of {self.service} is not valid: {self.url!r}") from exc
         if url.get_backend_name() == "sqlite":
-            self._engine = _sqlite_engine(url)
+            self._sync = sqlite_engine(url)
             self._write_lock = asyncio.Lock()
         elif url.get_backend_name() == "postgresql":
             await _ensure_pg_database(url)
@@ -198,7 +216,7 @@ class Database:
         else:
             raise ConfigError(
                 f"database URL of {self.service} uses {url.get_backend_name()!r}; Cleave supports "
-                "sqlite+aiosqlite:/// and postgresql+asyncpg://"
+                "sqlite:/// and postgresql+asyncpg://"
             )
         await self._create_schema()
 
@@ -218,28 +236,35 @@ class Database:
         # race between "check" and "create" is retried.
         for attempt in range(5):
             try:
-                async with self.engine.connect() as conn:
-                    await conn.execution_options(cleave_write=True)
-                    async with conn.begin():
-                        await conn.run_sync(schema.metadata.create_all)
-                        if self.migrations is not None:
-                            from cleave.data.migrations import upgrade_sync
-
-                            self.revision = await conn.run_sync(
-                                upgrade_sync, self.migrations, self.metadata
-                            )
-                        else:
-                            await conn.run_sync(self.metadata.create_all)
+                if self._sync is not None:
+                    async with self._open(readonly=False) as tx:
+                        assert isinstance(tx.connection, sa.Connection)
+                        self._schema(tx.connection)
+                else:
+                    async with self.engine.connect() as conn, conn.begin():
+                        await conn.run_sync(self._schema)
                 return
             except sa.exc.DBAPIError:
                 if attempt == 4:
                     raise
                 await asyncio.sleep(0.05 * (attempt + 1))
 
+    def _schema(self, connection: sa.Connection) -> None:
+        schema.metadata.create_all(connection)
+        if self.migrations is not None:
+            from cleave.data.migrations import upgrade_sync
+
+            self.revision = upgrade_sync(connection, self.migrations, self.metadata)
+        else:
+            self.metadata.create_all(connection)
+
     async def stop(self) -> None:
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
+        if self._sync is not None:
+            self._sync.dispose()
+            self._sync = None
 
     # -- transactions ------------------------------------------------------------------------
 
@@ -269,6 +294,10 @@ class Database:
 
     @asynccontextmanager
     async def _open(self, readonly: bool) -> AsyncIterator[Transaction]:
+        if self._sync is not None:
+            async with self._open_sqlite(readonly) as tx:
+                yield tx
+            return
         conn = await self.engine.connect()
         try:
             if not readonly:
@@ -290,8 +319,38 @@ class Database:
         finally:
             await conn.close()
         if wrote_events:
-            for notify in self._committed_events:
-                notify()
+            self._notify()
+
+    @asynccontextmanager
+    async def _open_sqlite(self, readonly: bool) -> AsyncIterator[Transaction]:
+        assert self._sync is not None
+        conn = self._sync.connect()
+        try:
+            if readonly:
+                conn.begin()
+            else:
+                await _begin_immediate(conn, self.service)
+            tx = Transaction(self, conn, readonly)
+            token = _ambient.set(tx)
+            try:
+                yield tx
+                wrote_events = await tx._flush_outbox()
+                conn.commit()
+            except BaseException:
+                tx.closed = True
+                conn.rollback()
+                raise
+            finally:
+                tx.closed = True
+                _ambient.reset(token)
+        finally:
+            conn.close()
+        if wrote_events:
+            self._notify()
+
+    def _notify(self) -> None:
+        for notify in self._committed_events:
+            notify()
 
     # -- outbox plumbing ---------------------------------------------------------------------
 
@@ -309,28 +368,53 @@ class Database:
         self._committed_events.append(callback)
 
 
-def _sqlite_engine(url: sa.URL) -> AsyncEngine:
+#: How long a write transaction waits for another process's write lock.
+LOCK_WAIT = 30.0
+
+
+def sqlite_engine(url: sa.URL | str) -> sa.Engine:
+    """A SQLite engine used from the event loop's thread (``sqlite+aiosqlite`` accepted)."""
+    url = make_url(url).set(drivername="sqlite")
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, connect_args={"timeout": 30}, pool_size=8, max_overflow=4)
+    engine = sa.create_engine(url, pool_size=8, max_overflow=8)
 
-    @sa_event.listens_for(engine.sync_engine, "connect")
+    @sa_event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take over BEGIN from the driver, so write transactions can say IMMEDIATE.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        # Short: a lock held by another process is waited for by _begin_immediate,
+        # asynchronously, never by blocking the event loop.
+        cursor.execute("PRAGMA busy_timeout=20")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    @sa_event.listens_for(engine.sync_engine, "begin")
+    @sa_event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
         write = conn.get_execution_options().get("cleave_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
+
+
+async def _begin_immediate(conn: sa.Connection, service: str) -> None:
+    """Take SQLite's write lock, waiting (without blocking the loop) while another holds it."""
+    conn.execution_options(cleave_write=True)
+    deadline = time.monotonic() + LOCK_WAIT
+    pause = 0.001
+    while True:
+        try:
+            conn.begin()
+            return
+        except sa.exc.OperationalError as exc:
+            if "locked" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+            conn.rollback()
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 async def _ensure_pg_database(url: sa.URL) -> None:

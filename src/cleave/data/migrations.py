@@ -122,6 +122,17 @@ def _include(obj: Any, name: str | None, type_: str, reflected: bool, compare_to
 
 
 async def _with_connection(url: str, fn: Any) -> Any:
+    if url.startswith("sqlite"):
+        from cleave.data.database import sqlite_engine
+
+        sync = sqlite_engine(url)
+        try:
+            with sync.connect() as conn:
+                conn.execution_options(cleave_write=True)
+                with conn.begin():
+                    return fn(conn)
+        finally:
+            sync.dispose()
     engine = create_async_engine(url)
     try:
         async with engine.begin() as conn:
@@ -178,7 +189,7 @@ async def revision(folder: Path, metadata: sa.MetaData, message: str) -> Path | 
         return []
 
     with tempfile.TemporaryDirectory(prefix="cleave-migrate-") as tmp:
-        url = f"sqlite+aiosqlite:///{tmp}/scratch.db"
+        url = f"sqlite:///{tmp}/scratch.db"
         await upgrade(url, folder, sa.MetaData())
 
         def run(connection: sa.Connection) -> None:

@@ -11,7 +11,10 @@ Metrics (all prefixed ``cleave_``):
   ``call_duration_seconds`` (histogram): calls made, by the caller's side;
   ``outcome`` is ``ok`` or the error kind.
 - ``served_total{service,method,outcome}``, ``served_duration_seconds``,
-  ``in_flight{service}``: calls served, by the callee's side.
+  ``in_flight{service}``: calls served, by the callee's side (calls from the
+  same process are counted once, on the caller's side, and show here too).
+- ``bulkhead_in_flight{caller,service}``: calls from one service to another
+  in flight now.
 - ``breaker_state{caller,service}`` (0 closed, 1 half-open, 2 open),
   ``breaker_opened_total``, ``bulkhead_rejected_total``.
 - ``outbox_backlog{service}``, ``events_published_total{service}``.
@@ -59,24 +62,38 @@ BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class CallStats:
     """Counts and latencies of one kind of call (one caller and method, or one method served)."""
 
-    __slots__ = ("buckets", "count", "in_flight", "outcomes", "total")
+    __slots__ = ("buckets", "count", "failures", "in_flight", "ok", "total")
 
     def __init__(self) -> None:
         self.count = 0
+        self.ok = 0
         self.total = 0.0
         self.buckets = [0] * (len(BUCKETS) + 1)
-        self.outcomes: dict[str, int] = {}
+        self.failures: dict[str, int] = {}
         self.in_flight = 0
 
+    def record_ok(self, seconds: float) -> None:
+        self.count += 1
+        self.ok += 1
+        self.total += seconds
+        self.buckets[bisect_left(BUCKETS, seconds)] += 1
+
     def record(self, seconds: float, outcome: str) -> None:
+        if outcome == "ok":
+            self.record_ok(seconds)
+            return
         self.count += 1
         self.total += seconds
         self.buckets[bisect_left(BUCKETS, seconds)] += 1
-        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        self.failures[outcome] = self.failures.get(outcome, 0) + 1
+
+    @property
+    def outcomes(self) -> dict[str, int]:
+        return {"ok": self.ok, **self.failures} if self.ok else dict(self.failures)
 
     @property
     def errors(self) -> int:
-        return self.count - self.outcomes.get("ok", 0)
+        return self.count - self.ok
 
     def cumulative(self) -> list[tuple[str, float]]:
         out, running = [], 0
@@ -105,6 +122,34 @@ def p99_of(buckets: list[int]) -> float | None:
         if running >= target:
             return bound
     return float("inf")
+
+
+def served_stats(host: Host) -> dict[tuple[str, str], CallStats]:
+    """Calls served by the host's services: remote ones (counted by the dispatchers) and
+    in-process ones (counted once, by the caller's side, in the router)."""
+    out: dict[tuple[str, str], CallStats] = {}
+    for name, dispatcher in host.dispatchers.items():
+        for method, stats in dispatcher.stats.items():
+            out[(name, method)] = _copy(stats)
+    for (_caller, qualname), stats in host.router.stats.items():
+        service, method = qualname.split(".", 1)
+        into = out.get((service, method))
+        if into is not None and stats.count:
+            into.count += stats.count
+            into.ok += stats.ok
+            into.total += stats.total
+            into.buckets = [a + b for a, b in zip(into.buckets, stats.buckets, strict=True)]
+            for k, v in stats.failures.items():
+                into.failures[k] = into.failures.get(k, 0) + v
+    return out
+
+
+def _copy(stats: CallStats) -> CallStats:
+    c = CallStats()
+    c.count, c.ok, c.total, c.in_flight = stats.count, stats.ok, stats.total, stats.in_flight
+    c.buckets = list(stats.buckets)
+    c.failures = dict(stats.failures)
+    return c
 
 
 class HostCollector(Collector):
@@ -146,14 +191,14 @@ class HostCollector(Collector):
         in_flight = GaugeMetricFamily(
             "cleave_in_flight", "Calls being served now.", labels=["service"]
         )
-        for name, dispatcher in host.dispatchers.items():
-            busy = 0
-            for method, stats in dispatcher.stats.items():
-                busy += stats.in_flight
-                for outcome, n in stats.outcomes.items():
-                    served.add_metric([name, method, outcome], n)
-                served_time.add_metric([name, method], stats.cumulative(), stats.total)
-            in_flight.add_metric([name], busy)
+        busy: dict[str, int] = {}
+        for (name, method), stats in served_stats(host).items():
+            busy[name] = busy.get(name, 0) + stats.in_flight
+            for outcome, n in stats.outcomes.items():
+                served.add_metric([name, method, outcome], n)
+            served_time.add_metric([name, method], stats.cumulative(), stats.total)
+        for name, n in busy.items():
+            in_flight.add_metric([name], n)
         yield served
         yield served_time
         yield in_flight
@@ -176,9 +221,16 @@ class HostCollector(Collector):
             "Calls refused because too many were in flight.",
             labels=["caller", "service"],
         )
+        active = GaugeMetricFamily(
+            "cleave_bulkhead_in_flight",
+            "Calls from one service to another in flight now.",
+            labels=["caller", "service"],
+        )
         for (caller, target), bh in host.router.bulkheads.items():
             rejected.add_metric([caller, target], bh.rejected)
+            active.add_metric([caller, target], bh.active)
         yield rejected
+        yield active
 
         backlog = GaugeMetricFamily(
             "cleave_outbox_backlog", "Events waiting in the outbox.", labels=["service"]
@@ -266,8 +318,7 @@ def host_snapshot(host: Host) -> dict[str, Any]:
         calls.append({"caller": caller, "service": service, "method": method, **stats.snapshot()})
     served = [
         {"service": name, "method": method, "in_flight": stats.in_flight, **stats.snapshot()}
-        for name, d in host.dispatchers.items()
-        for method, stats in d.stats.items()
+        for (name, method), stats in served_stats(host).items()
     ]
     consumers = [
         {

@@ -69,38 +69,24 @@ class Dispatcher:
         #: Calls served, by method name.
         self.stats: dict[str, CallStats] = {n: CallStats() for n in spec.contract.methods}
 
-    async def invoke(self, method: MethodSpec, request: Message, ctx: CallContext) -> Message:
-        """Run ``method`` with ``request`` under ``ctx``; raise errors as the wire would."""
+    async def invoke(
+        self, method: MethodSpec, request: Message, ctx: CallContext, counted: bool = False
+    ) -> Message:
+        """Run ``method`` with ``request`` under ``ctx``; raise errors as the wire would.
+
+        ``counted``: an in-process caller counts the call already (its ``CallStats``
+        are this service's "served" figures too), so do not count it twice.
+        """
         span = None
         if tracer.enabled:
             span = tracer.start(method.qualname, SERVER, self.name, ctx.traceparent)
             if span is not None:
                 ctx.traceparent = span.traceparent
                 id_attributes(request, span.attributes)
-        stats = self.stats[method.name]
-        stats.in_flight += 1
-        started = perf_counter()
-        try:
-            result = await self._run(method, request, ctx)
-        except CallError as exc:
-            stats.record(perf_counter() - started, exc.kind)
-            if span is not None:
-                tracer.finish(span, f"{exc.kind}: {exc.message}")
-            raise
-        except BaseException as exc:
-            stats.record(perf_counter() - started, type(exc).__name__)
-            if span is not None:
-                tracer.finish(span, type(exc).__name__)
-            raise
-        finally:
-            stats.in_flight -= 1
-        stats.record(perf_counter() - started, "ok")
-        if span is not None:
-            id_attributes(result, span.attributes)
-            tracer.finish(span)
-        return result
-
-    async def _run(self, method: MethodSpec, request: Message, ctx: CallContext) -> Message:
+        stats = None if counted else self.stats[method.name]
+        if stats is not None:
+            stats.in_flight += 1
+            started = perf_counter()
         token = _current.set(ctx)
         try:
             if self.faults is not None:
@@ -118,11 +104,29 @@ class Dispatcher:
                 )
             if self.strict:
                 result = from_msgpack(to_msgpack(result), method.response)
-            return result
         except Exception as exc:
-            raise self.as_seen_by_caller(exc, method) from exc
+            seen = self.as_seen_by_caller(exc, method)
+            if stats is not None:
+                stats.record(perf_counter() - started, seen.kind)
+            if span is not None:
+                tracer.finish(span, f"{seen.kind}: {seen.message}")
+            raise seen from exc
+        except BaseException as exc:  # cancelled: the caller or the process gave up
+            if stats is not None:
+                stats.record(perf_counter() - started, type(exc).__name__)
+            if span is not None:
+                tracer.finish(span, type(exc).__name__)
+            raise
         finally:
             _current.reset(token)
+            if stats is not None:
+                stats.in_flight -= 1
+        if stats is not None:
+            stats.record_ok(perf_counter() - started)
+        if span is not None:
+            id_attributes(result, span.attributes)
+            tracer.finish(span)
+        return result
 
     def as_seen_by_caller(self, exc: BaseException, method: MethodSpec) -> CallError:
         """``exc`` rebuilt exactly as a remote caller would rebuild it from the wire."""

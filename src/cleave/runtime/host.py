@@ -190,6 +190,7 @@ class Host:
                 source.event_subject(sub.event),
                 consumer.deliver,
                 self.consumer_policy,
+                consumer.deliver_batch,
             )
             self.subscriptions.append(subscription)
             self.consumer_subscriptions.append((consumer, subscription))

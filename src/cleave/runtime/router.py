@@ -23,10 +23,18 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from cleave.context import CallContext, _current, _tightened, new_request_id
-from cleave.errors import CallError, DeadlineExceeded, DefinitionError, Unavailable
+from cleave.errors import (
+    BulkheadFull,
+    CallError,
+    CircuitOpen,
+    DeadlineExceeded,
+    DefinitionError,
+    Unavailable,
+)
 from cleave.observability.metrics import CallStats
 from cleave.observability.tracing import CLIENT, id_attributes, tracer
 from cleave.resilience import (
+    CLOSED,
     Bulkhead,
     CircuitBreaker,
     Policy,
@@ -95,7 +103,11 @@ class Router:
     async def call(
         self, method: MethodSpec, request: Message, caller: str, policy: Policy | None = None
     ) -> Message:
-        """Call ``method`` with ``request`` on behalf of ``caller``, under ``policy``."""
+        """Call ``method`` with ``request`` on behalf of ``caller``, under ``policy``.
+
+        One coroutine on the way of a call that works the first time; retries,
+        refusals and fallbacks take the slow path (:meth:`_recover`).
+        """
         if type(request) is not method.request:
             raise DefinitionError(
                 f"{caller} called {method.qualname} with {type(request).__name__}; the contract "
@@ -131,63 +143,79 @@ class Router:
                 ctx.traceparent = span.traceparent
                 id_attributes(request, span.attributes)
         stats = policy.stats
-        stats.in_flight += 1
         started = perf_counter()
+        bulkhead = policy.bulkhead
+        breaker = policy.breaker
+        entered = False
         try:
-            result = await self._policed(method, request, ctx, armed, policy)
+            if bulkhead is not None:
+                if bulkhead.active >= bulkhead.limit:
+                    bulkhead.enter(method.contract.name, method.name)  # refuses, with the why
+                bulkhead.active += 1
+                entered = True
+            if breaker is not None and breaker.state is not CLOSED:
+                breaker.allow(method.contract.name, method.name)
+            dispatcher = self.local.get(method.contract.name)
+            try:
+                if dispatcher is not None and not armed:
+                    # In-process: the caller's side counts the call for both.
+                    result = await dispatcher.invoke(method, request, ctx, counted=True)
+                else:
+                    result = await self._attempt(method, request, ctx, armed, policy.timeout)
+            except CallError as exc:
+                result = await self._recover(method, request, ctx, armed, policy, exc)
+            else:
+                if breaker is not None:
+                    breaker.record(False, started)
         except BaseException as exc:
             outcome = exc.kind if isinstance(exc, CallError) else type(exc).__name__
             stats.record(perf_counter() - started, outcome)
             if span is not None:
                 tracer.finish(span, f"{outcome}: {exc}")
+            if isinstance(exc, CircuitOpen | BulkheadFull) and policy.fallback is not None:
+                return await _fall_back(policy, request, exc)
             raise
         finally:
-            stats.in_flight -= 1
-        stats.record(perf_counter() - started, "ok")
+            if entered:
+                bulkhead.active -= 1  # type: ignore[union-attr]
+        stats.record_ok(perf_counter() - started)
         if span is not None:
             tracer.finish(span)
         return result
 
-    async def _policed(
-        self, method: MethodSpec, request: Message, ctx: CallContext, armed: bool, policy: Policy
+    async def _recover(
+        self,
+        method: MethodSpec,
+        request: Message,
+        ctx: CallContext,
+        armed: bool,
+        policy: Policy,
+        exc: CallError,
     ) -> Message:
-        bulkhead = policy.bulkhead
-        if bulkhead is not None:
-            try:
-                bulkhead.enter(method.contract.name, method.name)
-            except Unavailable as exc:
-                return await _fall_back(policy, request, exc)
-        try:
-            return await self._with_policy(method, request, ctx, armed, policy)
-        finally:
-            if bulkhead is not None:
-                bulkhead.leave()
-
-    async def _with_policy(
-        self, method: MethodSpec, request: Message, ctx: CallContext, armed: bool, policy: Policy
-    ) -> Message:
+        """After a failed first attempt: retry while it is safe and time allows, else fall back."""
         breaker = policy.breaker
         attempt = 1
         while True:
+            if breaker is not None:
+                breaker.record(is_failure(exc))
+            if attempt > policy.retries or not should_retry(exc, method.retry_safe):
+                return await _fall_back(policy, request, exc)
+            pause = policy.delay(attempt)
+            if time.time() + pause >= ctx.deadline:
+                return await _fall_back(policy, request, exc)  # deadlines win over retries
+            await asyncio.sleep(pause)
+            attempt += 1
+            # The same call again: same id, same deadline, a fresh count for its children.
+            ctx = CallContext(ctx.deadline, ctx.request_id, ctx.caller, ctx.traceparent)
             try:
                 if breaker is not None:
                     breaker.allow(method.contract.name, method.name)
-            except Unavailable as exc:
-                return await _fall_back(policy, request, exc)
+            except Unavailable as refused:
+                return await _fall_back(policy, request, refused)
             try:
                 result = await self._attempt(method, request, ctx, armed, policy.timeout)
-            except CallError as exc:
-                if breaker is not None:
-                    breaker.record(is_failure(exc))
-                if attempt > policy.retries or not should_retry(exc, method.retry_safe):
-                    return await _fall_back(policy, request, exc)
-                pause = policy.delay(attempt)
-                if time.time() + pause >= ctx.deadline:
-                    return await _fall_back(policy, request, exc)  # deadlines win over retries
-                await asyncio.sleep(pause)
-                attempt += 1
-                # The same call again: same id, same deadline, a fresh count for its children.
-                ctx = CallContext(ctx.deadline, ctx.request_id, ctx.caller, ctx.traceparent)
+            except CallError as again:
+                exc = again
                 continue
             if breaker is not None:
                 breaker.record(False)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from cleave.context import CallContext
     from cleave.contracts import MethodSpec
     from cleave.messages import Message
-    from cleave.types import DeliveryHandler, Headers, Subject
+    from cleave.types import BatchHandler, DeliveryHandler, Headers, Subject
 
 __all__ = [
     "Broker",
@@ -69,6 +69,8 @@ class ConsumerPolicy(msgspec.Struct, frozen=True, kw_only=True):
     backoff: tuple[float, ...] = (0.2, 1.0, 5.0, 15.0)
     #: Deliveries handled at once by one consumer (1 keeps them in order).
     max_in_flight: int = 1
+    #: Deliveries fetched and handled together, in one transaction (1: one at a time).
+    batch: int = 256
 
     def delay(self, attempt: int) -> float:
         """Delay before redelivering after failed attempt number ``attempt`` (1-based)."""
@@ -104,10 +106,12 @@ class Broker(Protocol):
         subject: Subject,
         handler: DeliveryHandler,
         policy: ConsumerPolicy,
+        batch_handler: BatchHandler | None = None,
     ) -> Subscription:
         """Deliver messages on ``subject`` to ``handler`` via the durable consumer ``durable``.
 
         Replicas that subscribe with the same ``durable`` share its messages.
+        A broker may hand several at once to ``batch_handler`` instead.
         """
         ...
 

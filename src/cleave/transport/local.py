@@ -28,7 +28,7 @@ from cleave.errors import LifecycleError
 from cleave.transport.base import ConsumerPolicy, DeadLetter, Outgoing
 
 if TYPE_CHECKING:
-    from cleave.types import DeliveryHandler, Headers, Subject
+    from cleave.types import BatchHandler, DeliveryHandler, Headers, Subject
 
 __all__ = ["MemoryBroker", "subject_matches"]
 
@@ -294,6 +294,7 @@ class MemoryBroker:
         subject: Subject,
         handler: DeliveryHandler,
         policy: ConsumerPolicy,
+        batch_handler: BatchHandler | None = None,
     ) -> _MemorySubscription:
         self._check_open()
         st = self._streams.get(stream)

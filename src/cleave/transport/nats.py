@@ -180,6 +180,9 @@ class NatsRpcServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self.discovery: Discovery | None = None
         self._accepting = False
+        self._deadlines: dict[asyncio.Task[None], float] = {}
+        self._expired: set[asyncio.Task[None]] = set()
+        self._watchdog: asyncio.Task[None] | None = None
 
     @property
     def in_flight(self) -> int:
@@ -200,6 +203,7 @@ class NatsRpcServer:
                     cb=self._on_request,
                 )
             )
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch_deadlines())
         self.discovery = Discovery(
             self.nc, self.instance, self.version, dispatchers, self.endpoints
         )
@@ -255,11 +259,17 @@ class NatsRpcServer:
                 )
             return  # past its deadline: the caller has given up already
         ctx = CallContext(env.deadline, env.request_id, env.caller, env.traceparent)
+        task = asyncio.current_task()
+        assert task is not None
+        # The watchdog cancels a call past its deadline: cheaper than a timer per call.
+        self._deadlines[task] = env.deadline
         try:
-            async with asyncio.timeout(left):
-                result = await endpoint.dispatcher.invoke(method, env.body, ctx)
+            result = await endpoint.dispatcher.invoke(method, env.body, ctx)
             payload = _encode(Reply(body=result))
-        except TimeoutError:
+        except asyncio.CancelledError:
+            if task not in self._expired:
+                raise  # shutting down
+            self._expired.discard(task)
             endpoint.errors += 1
             endpoint.last_error = "deadline exceeded"
             payload = _encode(
@@ -279,10 +289,21 @@ class NatsRpcServer:
                 Reply(error=to_info(exc, service=method.contract.name, method=method.name))
             )
         finally:
+            self._deadlines.pop(task, None)
             endpoint.time_ns += time.perf_counter_ns() - started
         if msg.reply:
             with contextlib.suppress(nats.errors.Error):
                 await self.nc.publish(msg.reply, payload)
+
+    async def _watch_deadlines(self, every: float = 0.05) -> None:
+        """Cancel calls that run past their deadline (the caller has given up on them)."""
+        while True:
+            await asyncio.sleep(every)
+            now = time.time()
+            for task, deadline in list(self._deadlines.items()):
+                if deadline < now and task not in self._expired:
+                    self._expired.add(task)
+                    task.cancel()
 
     async def _reply_error(self, msg: Msg, exc: CallError, service: str, method: str) -> None:
         if msg.reply:
@@ -307,5 +328,9 @@ class NatsRpcServer:
         self._accepting = False
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
         with contextlib.suppress(nats.errors.Error):
             await self.nc.flush(timeout=2)
