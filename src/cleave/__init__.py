@@ -8,6 +8,7 @@ from cleave.app import App
 from cleave.context import CallContext, current, timeout
 from cleave.contracts import contract, idempotent, readonly
 from cleave.data.database import Database, Transaction
+from cleave.data.prepared import Prepared
 from cleave.data.saga import Abort, Saga, SagaOutcome
 from cleave.errors import (
     BulkheadFull,
@@ -50,6 +51,7 @@ __all__ = [
     "LifecycleError",
     "Message",
     "NotFound",
+    "Prepared",
     "RemoteError",
     "Saga",
     "SagaOutcome",

@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
@@ -48,6 +49,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from cleave.data import schema
+from cleave.data.prepared import Prepared
 from cleave.errors import ConfigError, DefinitionError, LifecycleError
 from cleave.messages import to_msgpack
 from cleave.observability.tracing import PRODUCER, id_attributes, tracer
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Database", "Transaction", "default_url", "sqlite_engine"]
 
+_NO_PARAMS: Mapping[str, Any] = {}
 _ambient: ContextVar[Transaction | None] = ContextVar("cleave_tx", default=None)
 
 
@@ -72,7 +75,7 @@ class Transaction:
     is written to the outbox in the same commit.
     """
 
-    __slots__ = ("_events", "closed", "connection", "db", "readonly")
+    __slots__ = ("_driver", "_events", "closed", "connection", "db", "readonly")
 
     def __init__(
         self, db: Database, connection: sa.Connection | AsyncConnection, readonly: bool
@@ -83,6 +86,7 @@ class Transaction:
         self.readonly = readonly
         self.closed = False
         self._events: list[dict[str, Any]] = []
+        self._driver: Any = None  # the sqlite3 connection, once a prepared statement ran
 
     async def execute(self, statement: Any, parameters: Any = None) -> sa.CursorResult[Any]:
         """Execute a SQLAlchemy statement (Core) in this transaction."""
@@ -98,6 +102,68 @@ class Transaction:
         if isinstance(conn, sa.Connection):
             return conn.scalar(statement, parameters)
         return await conn.scalar(statement, parameters)
+
+    # -- Cleave's own statements (see cleave.data.prepared) -----------------------------------
+
+    async def fetch(self, prepared: Prepared, params: Mapping[str, Any] = _NO_PARAMS) -> list[Any]:
+        """Run a prepared query; its rows (named tuples)."""
+        conn = self.connection
+        sql, names = prepared.compiled(conn.dialect)
+        args = prepared.arguments(names, params)
+        make = prepared.row
+        if isinstance(conn, sa.Connection):
+            return [make(r) for r in self._sqlite(sql, args).fetchall()]
+        result = await conn.exec_driver_sql(sql, args)
+        return [make(r) for r in result.all()]
+
+    async def fetch_one(
+        self, prepared: Prepared, params: Mapping[str, Any] = _NO_PARAMS
+    ) -> Any | None:
+        """Run a prepared query; its first row (a named tuple), or None."""
+        conn = self.connection
+        sql, names = prepared.compiled(conn.dialect)
+        args = prepared.arguments(names, params)
+        if isinstance(conn, sa.Connection):
+            row = self._sqlite(sql, args).fetchone()
+        else:
+            row = (await conn.exec_driver_sql(sql, args)).first()
+        return None if row is None else prepared.row(row)
+
+    async def run(self, prepared: Prepared, params: Mapping[str, Any] = _NO_PARAMS) -> int:
+        """Run a prepared write; how many rows it changed."""
+        conn = self.connection
+        sql, names = prepared.compiled(conn.dialect)
+        args = prepared.arguments(names, params)
+        if isinstance(conn, sa.Connection):
+            return int(self._sqlite(sql, args).rowcount)
+        result = await conn.exec_driver_sql(sql, args)
+        return int(result.rowcount)
+
+    async def run_many(self, prepared: Prepared, params: Sequence[Mapping[str, Any]]) -> None:
+        """Run a prepared write once per set of parameters."""
+        if not params:
+            return
+        conn = self.connection
+        sql, names = prepared.compiled(conn.dialect)
+        args = [prepared.arguments(names, p) for p in params]
+        if isinstance(conn, sa.Connection):
+            self._sqlite(sql, args, many=True)
+            return
+        await conn.exec_driver_sql(sql, args)
+
+    def _sqlite(self, sql: str, args: Any, *, many: bool = False) -> sqlite3.Cursor:
+        driver = self._driver
+        if driver is None:
+            assert isinstance(self.connection, sa.Connection)
+            driver = self._driver = self.connection.connection.driver_connection
+        try:
+            cursor: sqlite3.Cursor = (
+                driver.executemany(sql, args) if many else driver.execute(sql, args)
+            )
+            return cursor
+        except sqlite3.Error as exc:
+            # As SQLAlchemy would raise it, so callers catch one family of errors.
+            raise sa.exc.DBAPIError.instance(sql, args, exc, sqlite3.Error) from exc
 
     def publish(self, event: Event) -> None:
         """Stage ``event`` for the outbox; it is written when this transaction commits."""
@@ -131,9 +197,115 @@ class Transaction:
     async def _flush_outbox(self) -> bool:
         if not self._events:
             return False
-        await self.execute(schema.outbox.insert(), self._events)
+        await self.run_many(_OUTBOX_INSERT, self._events)
         self._events = []
         return True
+
+
+_OUTBOX_INSERT = Prepared(
+    schema.outbox.insert()
+    .inline()
+    .values(
+        event_id=sa.bindparam("event_id"),
+        subject=sa.bindparam("subject"),
+        payload=sa.bindparam("payload"),
+        traceparent=sa.bindparam("traceparent"),
+        created_at=sa.bindparam("created_at"),
+    )
+)
+
+
+class _Joined:
+    """An inner ``transaction()``: the open one, committed by whoever opened it."""
+
+    __slots__ = ("tx",)
+
+    def __init__(self, tx: Transaction) -> None:
+        self.tx = tx
+
+    async def __aenter__(self) -> Transaction:
+        return self.tx
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
+class _SqliteScope:
+    """One SQLite transaction, on a connection the database keeps open between transactions.
+
+    SQLAlchemy's pool checkout and its begin/commit events cost more than the
+    transaction itself; the scope issues ``BEGIN``/``COMMIT`` on the driver
+    and lets SQLAlchemy see the connection only when a statement runs.
+    """
+
+    __slots__ = ("db", "readonly", "token", "tx")
+
+    def __init__(self, db: Database, *, readonly: bool) -> None:
+        self.db = db
+        self.readonly = readonly
+
+    async def __aenter__(self) -> Transaction:
+        db = self.db
+        lock = db._write_lock
+        slots = db._slots
+        assert lock is not None
+        assert slots is not None
+        if not self.readonly:
+            await lock.acquire()
+        conn = None
+        try:
+            await slots.acquire()
+            conn = db._connection()
+            driver: Any = conn.connection.driver_connection
+            if self.readonly:
+                driver.execute("BEGIN")
+            else:
+                await _begin_immediate(driver)
+        except BaseException:
+            if conn is not None:
+                db._release(conn)
+                slots.release()
+            if not self.readonly:
+                lock.release()
+            raise
+        tx = self.tx = Transaction(db, conn, self.readonly)
+        tx._driver = driver
+        self.token = _ambient.set(tx)
+        return tx
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        tx = self.tx
+        db = self.db
+        conn = tx.connection
+        assert isinstance(conn, sa.Connection)
+        wrote_events = False
+        try:
+            if exc_type is None:
+                try:
+                    wrote_events = await tx._flush_outbox()
+                    _end(conn, tx._driver, commit=True)
+                except BaseException:
+                    _end(conn, tx._driver, commit=False)
+                    raise
+            else:
+                _end(conn, tx._driver, commit=False)
+        finally:
+            tx.closed = True
+            _ambient.reset(self.token)
+            db._release(conn)
+            db._slots.release()  # type: ignore[union-attr]
+            if not self.readonly:
+                db._write_lock.release()  # type: ignore[union-attr]
+        if wrote_events:
+            db._notify()
+
+
+def _end(conn: sa.Connection, driver: Any, *, commit: bool) -> None:
+    """Commit or roll back, through SQLAlchemy if a statement made it begin its transaction."""
+    if conn.in_transaction():
+        conn.commit() if commit else conn.rollback()
+    elif driver.in_transaction:
+        driver.commit() if commit else driver.rollback()
 
 
 class Database:
@@ -152,6 +324,9 @@ class Database:
         self._engine: AsyncEngine | None = None
         self._sync: sa.Engine | None = None
         self._write_lock: asyncio.Lock | None = None
+        # SQLite transactions open at once in this process; more wait (asynchronously).
+        self._slots: asyncio.Semaphore | None = None
+        self._idle: list[sa.Connection] = []  # SQLite connections between transactions
         self._event_subjects: dict[type, str] = {}
         self._committed_events: list[Callable[[], None]] = []
 
@@ -210,6 +385,7 @@ class Database:
         if url.get_backend_name() == "sqlite":
             self._sync = sqlite_engine(url)
             self._write_lock = asyncio.Lock()
+            self._slots = asyncio.Semaphore(SQLITE_MAX_OPEN)
         elif url.get_backend_name() == "postgresql":
             await _ensure_pg_database(url)
             self._engine = create_async_engine(url, pool_size=10, max_overflow=10)
@@ -237,7 +413,7 @@ class Database:
         for attempt in range(5):
             try:
                 if self._sync is not None:
-                    async with self._open(readonly=False) as tx:
+                    async with self.transaction() as tx:
                         assert isinstance(tx.connection, sa.Connection)
                         self._schema(tx.connection)
                 else:
@@ -263,41 +439,33 @@ class Database:
             await self._engine.dispose()
             self._engine = None
         if self._sync is not None:
+            while self._idle:
+                self._idle.pop().close()
             self._sync.dispose()
             self._sync = None
 
     # -- transactions ------------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Transaction]:
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         """A write transaction: commits when the block ends, rolls back on an exception."""
         outer = _ambient.get()
         if outer is not None and outer.db is self and not outer.closed and not outer.readonly:
-            yield outer
-            return
-        if self._write_lock is not None:
-            async with self._write_lock, self._open(readonly=False) as tx:
-                yield tx
-        else:
-            async with self._open(readonly=False) as tx:
-                yield tx
+            return _Joined(outer)
+        if self._sync is not None:
+            return _SqliteScope(self, readonly=False)
+        return self._open_pg(readonly=False)
 
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[Transaction]:
+    def read(self) -> AbstractAsyncContextManager[Transaction]:
         """A read-only transaction: a consistent snapshot, never blocks writers on SQLite."""
         outer = _ambient.get()
         if outer is not None and outer.db is self and not outer.closed:
-            yield outer
-            return
-        async with self._open(readonly=True) as tx:
-            yield tx
+            return _Joined(outer)
+        if self._sync is not None:
+            return _SqliteScope(self, readonly=True)
+        return self._open_pg(readonly=True)
 
     @asynccontextmanager
-    async def _open(self, readonly: bool) -> AsyncIterator[Transaction]:
-        if self._sync is not None:
-            async with self._open_sqlite(readonly) as tx:
-                yield tx
-            return
+    async def _open_pg(self, readonly: bool) -> AsyncIterator[Transaction]:
         conn = await self.engine.connect()
         try:
             if not readonly:
@@ -321,32 +489,18 @@ class Database:
         if wrote_events:
             self._notify()
 
-    @asynccontextmanager
-    async def _open_sqlite(self, readonly: bool) -> AsyncIterator[Transaction]:
+    def _connection(self) -> sa.Connection:
+        """An open SQLite connection, from those kept between transactions."""
+        if self._idle:
+            return self._idle.pop()
         assert self._sync is not None
-        conn = self._sync.connect()
-        try:
-            if readonly:
-                conn.begin()
-            else:
-                await _begin_immediate(conn, self.service)
-            tx = Transaction(self, conn, readonly)
-            token = _ambient.set(tx)
-            try:
-                yield tx
-                wrote_events = await tx._flush_outbox()
-                conn.commit()
-            except BaseException:
-                tx.closed = True
-                conn.rollback()
-                raise
-            finally:
-                tx.closed = True
-                _ambient.reset(token)
-        finally:
+        return self._sync.connect()
+
+    def _release(self, conn: sa.Connection) -> None:
+        if conn.invalidated or conn.closed or len(self._idle) >= 8 or self._sync is None:
             conn.close()
-        if wrote_events:
-            self._notify()
+        else:
+            self._idle.append(conn)
 
     def _notify(self) -> None:
         for notify in self._committed_events:
@@ -370,6 +524,8 @@ class Database:
 
 #: How long a write transaction waits for another process's write lock.
 LOCK_WAIT = 30.0
+#: SQLite transactions one process keeps open on one database at once; more wait their turn.
+SQLITE_MAX_OPEN = 64
 
 
 def sqlite_engine(url: sa.URL | str) -> sa.Engine:
@@ -377,7 +533,9 @@ def sqlite_engine(url: sa.URL | str) -> sa.Engine:
     url = make_url(url).set(drivername="sqlite")
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, pool_size=8, max_overflow=8)
+    # Never a blocking wait for a connection on the loop's thread: the pool may
+    # overflow without limit; Database bounds its transactions with a semaphore.
+    engine = sa.create_engine(url, pool_size=8, max_overflow=-1)
 
     @sa_event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -394,25 +552,26 @@ def sqlite_engine(url: sa.URL | str) -> sa.Engine:
 
     @sa_event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
+        driver: Any = conn.connection.driver_connection
+        if driver.in_transaction:
+            return  # begun by the transaction's scope (_SqliteScope)
         write = conn.get_execution_options().get("cleave_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
 
 
-async def _begin_immediate(conn: sa.Connection, service: str) -> None:
+async def _begin_immediate(driver: Any) -> None:
     """Take SQLite's write lock, waiting (without blocking the loop) while another holds it."""
-    conn.execution_options(cleave_write=True)
     deadline = time.monotonic() + LOCK_WAIT
     pause = 0.001
     while True:
         try:
-            conn.begin()
+            driver.execute("BEGIN IMMEDIATE")
             return
-        except sa.exc.OperationalError as exc:
+        except sqlite3.OperationalError as exc:
             if "locked" not in str(exc).lower() or time.monotonic() > deadline:
-                raise
-            conn.rollback()
+                raise sa.exc.OperationalError("BEGIN IMMEDIATE", (), exc) from exc
         await asyncio.sleep(pause)
         pause = min(pause * 2, 0.05)
 

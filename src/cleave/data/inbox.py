@@ -25,7 +25,7 @@ import sqlalchemy as sa
 import structlog
 
 from cleave.context import CallContext, _current
-from cleave.data import schema
+from cleave.data.prepared import Prepared
 from cleave.messages import Event, from_msgpack
 from cleave.observability.tracing import CONSUMER, id_attributes, tracer
 
@@ -37,6 +37,14 @@ if TYPE_CHECKING:
 __all__ = ["EventConsumer"]
 
 log = structlog.get_logger("cleave.inbox")
+
+# Record an event as handled by a consumer; changes no row if it already was.
+_MARK = Prepared(
+    sa.text(
+        "INSERT INTO cleave_inbox (consumer, event_id, processed_at) "
+        "VALUES (:consumer, :event_id, :at) ON CONFLICT DO NOTHING"
+    )
+)
 
 
 class EventConsumer:
@@ -133,29 +141,14 @@ class EventConsumer:
             await d.ack()
 
     async def _handle_batch(self, decoded: list[tuple[Delivery, Event]]) -> int:
-        inbox = schema.inbox
-        ids = [d.msg_id for d, _ in decoded]
-        rows = []
+        fresh = 0
         async with asyncio.timeout(self.timeout), self.db.transaction() as tx:
-            seen = set(
-                (
-                    await tx.execute(
-                        sa.select(inbox.c.event_id)
-                        .where(inbox.c.consumer == self.name)
-                        .where(inbox.c.event_id.in_(ids))
-                    )
-                ).scalars()
-            )
             now = time.time()
             for d, event in decoded:
-                if d.msg_id in seen:
-                    continue
-                seen.add(d.msg_id)
-                await self._run_handler(d, event, tx)
-                rows.append({"consumer": self.name, "event_id": d.msg_id, "processed_at": now})
-            if rows:
-                await tx.execute(inbox.insert(), rows)
-        return len(rows)
+                if await tx.run(_MARK, {"consumer": self.name, "event_id": d.msg_id, "at": now}):
+                    await self._run_handler(d, event, tx)
+                    fresh += 1
+        return fresh
 
     async def _run_handler(self, delivery: Delivery, event: Event, tx: object) -> None:
         """One event's handler, in its own span and call context, in the batch's transaction."""
@@ -211,25 +204,18 @@ class EventConsumer:
         return fresh
 
     async def _handle_in(self, delivery: Delivery, event: Event, traceparent: str) -> bool:
-        inbox = schema.inbox
         ctx = CallContext(
             time.time() + self.timeout, f"evt-{delivery.msg_id}", self.service, traceparent
         )
         token = _current.set(ctx)
         try:
             async with asyncio.timeout(self.timeout), self.db.transaction() as tx:
-                seen = await tx.scalar(
-                    sa.select(inbox.c.processed_at)
-                    .where(inbox.c.consumer == self.name)
-                    .where(inbox.c.event_id == delivery.msg_id)
+                marked = await tx.run(
+                    _MARK,
+                    {"consumer": self.name, "event_id": delivery.msg_id, "at": time.time()},
                 )
-                if seen is not None:
-                    return False
-                await tx.execute(
-                    inbox.insert().values(
-                        consumer=self.name, event_id=delivery.msg_id, processed_at=time.time()
-                    )
-                )
+                if not marked:
+                    return False  # handled before: a redelivery, or a duplicate publish
                 await self.handler(event)
             return True
         finally:

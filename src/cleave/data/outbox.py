@@ -23,6 +23,7 @@ import sqlalchemy as sa
 import structlog
 
 from cleave.data import schema
+from cleave.data.prepared import Prepared
 from cleave.observability.tracing import INTERNAL, tracer
 from cleave.transport.base import Outgoing
 
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 __all__ = ["OutboxRelay"]
 
 log = structlog.get_logger("cleave.outbox")
+
+_DELETE = Prepared(schema.outbox.delete().where(schema.outbox.c.seq == sa.bindparam("seq")))
 
 
 class OutboxRelay:
@@ -59,6 +62,12 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lease_until = 0.0
+        t = schema.outbox
+        self._select = Prepared(
+            sa.select(t.c.seq, t.c.event_id, t.c.subject, t.c.payload, t.c.traceparent)
+            .order_by(t.c.seq)
+            .limit(batch)
+        )
         db.on_events_committed(self._wake.set)
 
     def start(self) -> None:
@@ -110,40 +119,26 @@ class OutboxRelay:
 
     async def relay_once(self) -> int:
         """Publish one batch of rows; return how many moved."""
-        table = schema.outbox
         async with self.db.read() as tx:
-            rows = (
-                await tx.execute(
-                    sa.select(
-                        table.c.seq,
-                        table.c.event_id,
-                        table.c.subject,
-                        table.c.payload,
-                        table.c.traceparent,
-                    )
-                    .order_by(table.c.seq)
-                    .limit(self.batch)
-                )
-            ).all()
+            rows = await tx.fetch(self._select)
         if not rows:
             return 0
         outgoing, spans = [], []
-        for r in rows:
-            headers = {"Cleave-Event-Id": r.event_id}
-            traceparent = r.traceparent
+        for _, event_id, subject, payload, traceparent in rows:
+            headers = {"Cleave-Event-Id": event_id}
             if traceparent and tracer.enabled:
                 # The relay joins the trace of the transaction that published the event.
                 span = tracer.start(
-                    f"relay {r.subject.split('.')[3]}", INTERNAL, self.db.service, traceparent
+                    f"relay {subject.split('.')[3]}", INTERNAL, self.db.service, traceparent
                 )
                 if span is not None:
-                    span.attributes["event_id"] = r.event_id
+                    span.attributes["event_id"] = event_id
                     traceparent = span.traceparent
                     spans.append(span)
             if traceparent:
                 headers["traceparent"] = traceparent
             outgoing.append(
-                Outgoing(subject=r.subject, data=r.payload, msg_id=r.event_id, headers=headers)
+                Outgoing(subject=subject, data=payload, msg_id=event_id, headers=headers)
             )
         try:
             await self.broker.publish(outgoing)
@@ -154,7 +149,7 @@ class OutboxRelay:
         for span in spans:
             tracer.finish(span)
         async with self.db.transaction() as tx:
-            await tx.execute(table.delete().where(table.c.seq.in_([r.seq for r in rows])))
+            await tx.run_many(_DELETE, [{"seq": r[0]} for r in rows])
         self.published += len(rows)
         return len(rows)
 

@@ -63,6 +63,7 @@ import structlog
 
 from cleave.context import CallContext, _current
 from cleave.data import schema
+from cleave.data.prepared import Prepared
 from cleave.errors import CallError, CleaveError, DefinitionError, LifecycleError, ServiceError
 from cleave.messages import Message, to_msgpack
 from cleave.observability.tracing import INTERNAL, tracer
@@ -181,6 +182,75 @@ class Saga(Generic[S]):
         )
 
 
+class _Row:
+    """A saga's record, as read from ``cleave_sagas`` and kept while this process drives it."""
+
+    __slots__ = _COLUMNS = (
+        "saga_id",
+        "kind",
+        "state",
+        "step",
+        "data",
+        "attempts",
+        "reason",
+        "last_error",
+        "next_attempt_at",
+        "deadline_at",
+        "owner",
+        "lease_until",
+        "traceparent",
+    )
+    saga_id: str
+    kind: str
+    state: str
+    step: int
+    data: bytes
+    attempts: int
+    reason: str | None
+    last_error: str | None
+    next_attempt_at: float
+    deadline_at: float
+    owner: str
+    lease_until: float
+    traceparent: str
+
+    def __init__(self, values: Any) -> None:
+        for name, value in zip(self._COLUMNS, values, strict=True):
+            setattr(self, name, value)
+
+
+def _p(name: str) -> Any:
+    return sa.bindparam(f"p_{name}")
+
+
+_t = schema.sagas
+_INSERT = Prepared(
+    sa.text(
+        f"INSERT INTO cleave_sagas ({', '.join(c.name for c in _t.c)}) "
+        f"VALUES ({', '.join(':p_' + c.name for c in _t.c)}) ON CONFLICT (saga_id) DO NOTHING"
+    )
+)
+_SELECT = Prepared(
+    sa.select(*(_t.c[c] for c in _Row._COLUMNS)).where(_t.c.saga_id == _p("saga_id"))
+)
+_CLAIM = Prepared(
+    _t.update()
+    .where(_t.c.saga_id == _p("saga_id"))
+    .values(owner=_p("owner"), lease_until=_p("lease_until"))
+)
+_MUTABLE = ("state", "step", "data", "attempts", "reason", "last_error", "next_attempt_at")
+_SAVE = Prepared(
+    _t.update()
+    .where(_t.c.saga_id == _p("saga_id"))
+    .where(_t.c.owner == _p("owner"))
+    .values(
+        **{c: _p(c) for c in _MUTABLE},
+        lease_until=_p("lease_until"),
+        updated_at=_p("updated_at"),
+    )
+)
+
+
 class SagaRunner(Generic[S]):
     """Runs the sagas of one kind for one service instance."""
 
@@ -197,6 +267,8 @@ class SagaRunner(Generic[S]):
         self.owner = owner
         self.decoder = msgspec.msgpack.Decoder(saga.state)
         self._driving: dict[str, asyncio.Task[SagaOutcome]] = {}
+        # Sagas this process just created (and so owns): driven without reading them back.
+        self._created: dict[str, _Row] = {}
         self._recovery: asyncio.Task[None] | None = None
         self._limit = asyncio.Semaphore(64)
         self.completed = 0
@@ -212,33 +284,34 @@ class SagaRunner(Generic[S]):
                 f"saga {self.kind} takes {self.saga.state.__name__}, got {type(state).__name__}"
             )
         now = time.time()
-        table = schema.sagas
         ctx = _current.get()
-        async with self.db.transaction() as tx:
-            exists = await tx.scalar(sa.select(table.c.state).where(table.c.saga_id == saga_id))
-            if exists is not None:
-                return False
-            await tx.execute(
-                table.insert().values(
-                    saga_id=saga_id,
-                    kind=self.kind,
-                    state="running",
-                    step=0,
-                    data=to_msgpack(state),
-                    attempts=0,
-                    reason=None,
-                    last_error=None,
-                    next_attempt_at=now,
-                    deadline_at=now + self.saga.timeout,
-                    # Ours from the start: the caller drives it next (run); recovery elsewhere
-                    # takes it only if we die first.
-                    owner=self.owner,
-                    lease_until=now + self.saga.lease,
-                    traceparent=ctx.traceparent if ctx is not None else "",
-                    created_at=now,
-                    updated_at=now,
-                )
+        row = _Row(
+            (
+                saga_id,
+                self.kind,
+                "running",
+                0,
+                to_msgpack(state),
+                0,
+                None,
+                None,
+                now,
+                now + self.saga.timeout,
+                # Ours from the start: the caller drives it next (run); recovery elsewhere
+                # takes it only if we die first.
+                self.owner,
+                now + self.saga.lease,
+                ctx.traceparent if ctx is not None else "",
             )
+        )
+        values = {f"p_{c}": getattr(row, c) for c in _Row._COLUMNS}
+        values["p_created_at"] = values["p_updated_at"] = now
+        async with self.db.transaction() as tx:
+            if not await tx.run(_INSERT, values):
+                return False
+        if len(self._created) > 1024:  # created in transactions that rolled back, never run
+            self._created.clear()
+        self._created[saga_id] = row
         return True
 
     async def run(self, saga_id: str, wait: float | None = None) -> SagaOutcome:
@@ -266,10 +339,9 @@ class SagaRunner(Generic[S]):
 
     async def get(self, saga_id: str) -> SagaOutcome | None:
         """The saga's outcome so far, or None if there is no such saga."""
-        table = schema.sagas
         async with self.db.read() as tx:
-            row = (await tx.execute(sa.select(table).where(table.c.saga_id == saga_id))).first()
-        return None if row is None else self._outcome(row)
+            found = await tx.fetch_one(_SELECT, {"p_saga_id": saga_id})
+        return None if found is None else self._outcome(_Row(found))
 
     # -- the engine --------------------------------------------------------------------------
 
@@ -286,47 +358,53 @@ class SagaRunner(Generic[S]):
             task.add_done_callback(forget)
         return task
 
-    def _outcome(self, row: Any) -> SagaOutcome:
+    def _outcome(self, row: _Row) -> SagaOutcome:
         status: Status = (
             "done" if row.state == "done" else ("failed" if row.state == "failed" else "running")
         )
         return SagaOutcome(row.saga_id, status, self.decoder.decode(row.data), row.reason)
 
-    async def _claim(self, saga_id: str) -> Any:
+    async def _claim(self, saga_id: str) -> _Row | None:
         """Take (or renew) the lease on a saga; its row, or None if another owner drives it."""
-        table = schema.sagas
         now = time.time()
         async with self.db.transaction() as tx:
-            row = (await tx.execute(sa.select(table).where(table.c.saga_id == saga_id))).first()
-            if row is None or row.state in ("done", "failed"):
+            found = await tx.fetch_one(_SELECT, {"p_saga_id": saga_id})
+            if found is None:
+                return None
+            row = _Row(found)
+            if row.state in ("done", "failed"):
                 return row
             if row.owner not in ("", self.owner) and row.lease_until > now:
                 return None
-            await tx.execute(
-                table.update()
-                .where(table.c.saga_id == saga_id)
-                .values(owner=self.owner, lease_until=now + self.saga.lease)
+            row.owner = self.owner
+            row.lease_until = now + self.saga.lease
+            await tx.run(
+                _CLAIM,
+                {"p_saga_id": saga_id, "p_owner": self.owner, "p_lease_until": row.lease_until},
             )
         return row
 
-    async def _save(self, tx: Transaction, saga_id: str, **values: Any) -> None:
-        table = schema.sagas
+    async def _save(self, tx: Transaction, row: _Row, **changes: Any) -> None:
+        """Write ``changes`` to the saga's record (if it is still ours), then to ``row``."""
         now = time.time()
-        values.setdefault("lease_until", now + self.saga.lease)
-        result = await tx.execute(
-            table.update()
-            .where(table.c.saga_id == saga_id)
-            .where(table.c.owner == self.owner)
-            .values(updated_at=now, **values)
-        )
-        if result.rowcount != 1:
-            raise _LostLease(saga_id)
+        changes.setdefault("lease_until", now + self.saga.lease)
+        values = {f"p_{c}": changes.get(c, getattr(row, c)) for c in _MUTABLE}
+        values["p_saga_id"] = row.saga_id
+        values["p_owner"] = self.owner
+        values["p_lease_until"] = changes["lease_until"]
+        values["p_updated_at"] = now
+        if await tx.run(_SAVE, values) != 1:
+            raise _LostLease(row.saga_id)
+        for name, value in changes.items():
+            setattr(row, name, value)
 
     async def _drive(self, saga_id: str) -> SagaOutcome:
         async with self._limit:
+            row = self._created.pop(saga_id, None)
             try:
                 while True:
-                    row = await self._claim(saga_id)
+                    if row is None:
+                        row = await self._claim(saga_id)
                     if row is None:
                         outcome = await self.get(saga_id)
                         if outcome is None:
@@ -337,6 +415,7 @@ class SagaRunner(Generic[S]):
                     pause = row.next_attempt_at - time.time()
                     if pause > 0:
                         await asyncio.sleep(min(pause, self.saga.lease / 3))
+                        row = None  # renew the lease, and see what others did meanwhile
                         continue
                     if row.state == "running":
                         await self._forward(row)
@@ -345,10 +424,11 @@ class SagaRunner(Generic[S]):
             except _LostLease:
                 log.info("saga taken over by another owner", saga_id=saga_id, kind=self.kind)
                 outcome = await self.get(saga_id)
-                assert outcome is not None
+                if outcome is None:
+                    raise LifecycleError(f"saga {saga_id} disappeared") from None
                 return outcome
 
-    async def _forward(self, row: Any) -> None:
+    async def _forward(self, row: _Row) -> None:
         saga = self.saga
         state = self.decoder.decode(row.data)
         step = saga.steps[row.step]
@@ -384,7 +464,7 @@ class SagaRunner(Generic[S]):
         async with self.db.transaction() as tx:
             await self._advance(tx, row, new_state)
 
-    async def _advance(self, tx: Transaction, row: Any, new_state: Any) -> None:
+    async def _advance(self, tx: Transaction, row: _Row, new_state: Any) -> None:
         if type(new_state) is not self.saga.state:
             raise DefinitionError(
                 f"saga step {self.kind}.{self.saga.steps[row.step].name} must return the "
@@ -394,7 +474,7 @@ class SagaRunner(Generic[S]):
         values: dict[str, Any] = {"lease_until": 0.0} if done else {}
         await self._save(
             tx,
-            row.saga_id,
+            row,
             step=row.step + 1,
             data=to_msgpack(new_state),
             attempts=0,
@@ -405,15 +485,15 @@ class SagaRunner(Generic[S]):
         )
         if done:
             self.completed += 1
-            log.info("saga done", kind=self.kind, saga_id=row.saga_id)
+            log.debug("saga done", kind=self.kind, saga_id=row.saga_id)
 
-    async def _to_compensation(self, row: Any, reason: str) -> None:
+    async def _to_compensation(self, row: _Row, reason: str) -> None:
         log.info("saga compensating", saga_id=row.saga_id, kind=self.kind, reason=reason)
         async with self.db.transaction() as tx:
             # The failing step is compensated too: it may have happened in part.
             await self._save(
                 tx,
-                row.saga_id,
+                row,
                 state="compensating",
                 step=min(row.step, len(self.saga.steps) - 1),
                 attempts=0,
@@ -421,7 +501,7 @@ class SagaRunner(Generic[S]):
                 next_attempt_at=time.time(),
             )
 
-    async def _backward(self, row: Any) -> None:
+    async def _backward(self, row: _Row) -> None:
         state = self.decoder.decode(row.data)
         if row.step < 0:
             try:
@@ -434,7 +514,7 @@ class SagaRunner(Generic[S]):
                             (state, row.reason or "failed"),
                             self.saga.step_timeout,
                         )
-                    await self._save(tx, row.saga_id, state="failed", lease_until=0.0)
+                    await self._save(tx, row, state="failed", lease_until=0.0)
             except _LostLease:
                 raise
             except Exception as exc:
@@ -457,14 +537,14 @@ class SagaRunner(Generic[S]):
         async with self.db.transaction() as tx:
             await self._save(
                 tx,
-                row.saga_id,
+                row,
                 step=row.step - 1,
                 attempts=0,
                 last_error=None,
                 next_attempt_at=time.time(),
             )
 
-    async def _retry(self, row: Any, error: str) -> None:
+    async def _retry(self, row: _Row, error: str) -> None:
         attempts = row.attempts + 1
         delay = min(5.0, 0.1 * 2 ** min(attempts, 6)) * random.uniform(0.7, 1.3)
         log.warning(
@@ -478,7 +558,7 @@ class SagaRunner(Generic[S]):
         async with self.db.transaction() as tx:
             await self._save(
                 tx,
-                row.saga_id,
+                row,
                 attempts=attempts,
                 last_error=error[:500],
                 next_attempt_at=time.time() + delay,
@@ -487,7 +567,7 @@ class SagaRunner(Generic[S]):
     async def _call(
         self,
         fn: Callable[..., Awaitable[Any]],
-        row: Any,
+        row: _Row,
         label: str,
         args: tuple[Any, ...],
         timeout: float,

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 
 from cleave.context import CallContext, _current
 from cleave.data import schema
+from cleave.data.prepared import Prepared
 from cleave.errors import (
     CallError,
     Conflict,
@@ -44,6 +45,14 @@ if TYPE_CHECKING:
     from cleave.service import Service, ServiceSpec
 
 __all__ = ["Dispatcher"]
+
+_t = schema.idempotency
+_FIND = Prepared(
+    sa.select(_t.c.method, _t.c.fingerprint, _t.c.is_error, _t.c.result).where(
+        _t.c.request_id == sa.bindparam("request_id")
+    )
+)
+_RECORD = Prepared(_t.insert().inline().values({c.name: sa.bindparam(c.name) for c in _t.c}))
 
 
 class Dispatcher:
@@ -138,15 +147,8 @@ class Dispatcher:
     async def _idempotent(self, method: MethodSpec, request: Message, ctx: CallContext) -> Message:
         assert self.db is not None
         fingerprint = hashlib.blake2b(to_msgpack(request), digest_size=16).hexdigest()
-        table = schema.idempotency
         async with self.db.transaction() as tx:
-            row = (
-                await tx.execute(
-                    sa.select(
-                        table.c.method, table.c.fingerprint, table.c.is_error, table.c.result
-                    ).where(table.c.request_id == ctx.request_id)
-                )
-            ).first()
+            row = await tx.fetch_one(_FIND, {"request_id": ctx.request_id})
             if row is not None:
                 return self._replay(method, ctx, fingerprint, row)
             try:
@@ -157,15 +159,16 @@ class Dispatcher:
                 # Anything else rolls back, so a retry runs the method again.
                 result = exc
                 is_error, payload = 1, to_msgpack(self.error_info(exc, method))
-            await tx.execute(
-                table.insert().values(
-                    request_id=ctx.request_id,
-                    method=method.qualname,
-                    fingerprint=fingerprint,
-                    is_error=is_error,
-                    result=payload,
-                    created_at=time.time(),
-                )
+            await tx.run(
+                _RECORD,
+                {
+                    "request_id": ctx.request_id,
+                    "method": method.qualname,
+                    "fingerprint": fingerprint,
+                    "is_error": is_error,
+                    "result": payload,
+                    "created_at": time.time(),
+                },
             )
         if isinstance(result, BaseException):
             raise result
