@@ -1,7 +1,13 @@
-"""The shop's seed data, loaded by each service into its own database on first start."""
+"""The shop's seed data, loaded by each service into its own database on first start.
+
+``SHOP_SEED_MULTIPLIER`` (an integer, default 1) multiplies every stock level
+and balance: the benchmarks use it so that thousands of orders are confirmed
+rather than refused for lack of stock or money.
+"""
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 
@@ -17,7 +23,19 @@ class SeedAccount(NamedTuple):
     balance_cents: int
 
 
-PRODUCTS = (
+def _scale() -> int:
+    raw = os.environ.get("SHOP_SEED_MULTIPLIER", "").strip() or "1"
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(
+            f"SHOP_SEED_MULTIPLIER must be a whole number of at least 1, got {raw!r}; "
+            "unset it for the documented seed data"
+        )
+    return int(raw)
+
+
+_SCALE = _scale()
+
+_PRODUCTS = (
     SeedProduct("KB-01", "Mechanical keyboard", 8_900, 50),
     SeedProduct("MS-01", "Wireless mouse", 2_900, 100),
     SeedProduct("MN-27", "27-inch monitor", 24_900, 20),
@@ -28,10 +46,16 @@ PRODUCTS = (
     SeedProduct("GPU-01", "Graphics card", 59_900, 3),  # scarce
 )
 
-ACCOUNTS = (
+_ACCOUNTS = (
     SeedAccount("acc-alice", 500_000),
     SeedAccount("acc-bob", 250_000),
     SeedAccount("acc-carol", 1_000_000),
     SeedAccount("acc-dave", 100_000),
     SeedAccount("acc-poor", 500),  # cannot pay for anything: the cheapest product is 900
+)
+
+PRODUCTS = tuple(p._replace(stock=p.stock * _SCALE) for p in _PRODUCTS)
+ACCOUNTS = tuple(
+    a if a.account_id == "acc-poor" else a._replace(balance_cents=a.balance_cents * _SCALE)
+    for a in _ACCOUNTS
 )

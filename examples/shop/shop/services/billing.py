@@ -52,6 +52,32 @@ charges = sa.Table(
 )
 
 
+# The checkout's statements, built once (see cleave.Prepared); the rest use tx.execute.
+FIND_ACCOUNT = cleave.Prepared(
+    sa.select(accounts.c.account_id, accounts.c.balance_cents).where(
+        accounts.c.account_id == sa.bindparam("account_id")
+    )
+)
+FIND_CHARGE = cleave.Prepared(
+    sa.select(
+        charges.c.account_id, charges.c.amount_cents, charges.c.state, charges.c.reason
+    ).where(charges.c.order_id == sa.bindparam("order_id"))
+)
+LOCK_BALANCE = cleave.Prepared(
+    sa.select(accounts.c.balance_cents)
+    .where(accounts.c.account_id == sa.bindparam("account_id"))
+    .with_for_update()  # PostgreSQL: concurrent charges queue on the account
+)
+DEBIT = cleave.Prepared(
+    accounts.update()
+    .where(accounts.c.account_id == sa.bindparam("account_id"))
+    .values(balance_cents=accounts.c.balance_cents - sa.bindparam("amount_cents"))
+)
+RECORD_CHARGE = cleave.Prepared(
+    charges.insert().values({c.name: sa.bindparam(c.name) for c in charges.c})
+)
+
+
 class BillingService(cleave.Service, implements=Billing):
     db = cleave.Database(metadata, migrations=MIGRATIONS / "billing")
 
@@ -75,18 +101,14 @@ class BillingService(cleave.Service, implements=Billing):
 
     async def get_account(self, req: GetAccount) -> Account:
         async with self.db.read() as tx:
-            row = (
-                await tx.execute(sa.select(accounts).where(accounts.c.account_id == req.account_id))
-            ).first()
+            row = await tx.fetch_one(FIND_ACCOUNT, {"account_id": req.account_id})
         if row is None:
             raise cleave.NotFound(f"no account {req.account_id!r}")
         return Account(account_id=row.account_id, balance_cents=row.balance_cents)
 
     async def charge(self, req: Charge) -> Receipt:
         async with self.db.transaction() as tx:
-            prior = (
-                await tx.execute(sa.select(charges).where(charges.c.order_id == req.order_id))
-            ).first()
+            prior = await tx.fetch_one(FIND_CHARGE, {"order_id": req.order_id})
             if prior is not None:
                 if prior.state == "captured":
                     return Receipt(
@@ -96,11 +118,8 @@ class BillingService(cleave.Service, implements=Billing):
                 return Receipt(
                     order_id=req.order_id, status="declined", amount_cents=0, reason=reason
                 )
-            balance = await tx.scalar(
-                sa.select(accounts.c.balance_cents)
-                .where(accounts.c.account_id == req.account_id)
-                .with_for_update()  # PostgreSQL: concurrent charges queue on the account
-            )
+            row = await tx.fetch_one(LOCK_BALANCE, {"account_id": req.account_id})
+            balance = None if row is None else row.balance_cents
             if balance is None:
                 reason = f"no account {req.account_id!r}"
             elif balance < req.amount_cents:
@@ -110,33 +129,31 @@ class BillingService(cleave.Service, implements=Billing):
             else:
                 reason = None
             if reason is not None:
-                await tx.execute(
-                    charges.insert().values(
-                        order_id=req.order_id,
-                        account_id=req.account_id,
-                        amount_cents=0,
-                        state="declined",
-                        reason=reason,
-                        updated_at=time.time(),
-                    )
+                await tx.run(
+                    RECORD_CHARGE,
+                    {
+                        "order_id": req.order_id,
+                        "account_id": req.account_id,
+                        "amount_cents": 0,
+                        "state": "declined",
+                        "reason": reason,
+                        "updated_at": time.time(),
+                    },
                 )
                 return Receipt(
                     order_id=req.order_id, status="declined", amount_cents=0, reason=reason
                 )
-            await tx.execute(
-                accounts.update()
-                .where(accounts.c.account_id == req.account_id)
-                .values(balance_cents=accounts.c.balance_cents - req.amount_cents)
-            )
-            await tx.execute(
-                charges.insert().values(
-                    order_id=req.order_id,
-                    account_id=req.account_id,
-                    amount_cents=req.amount_cents,
-                    state="captured",
-                    reason=None,
-                    updated_at=time.time(),
-                )
+            await tx.run(DEBIT, {"account_id": req.account_id, "amount_cents": req.amount_cents})
+            await tx.run(
+                RECORD_CHARGE,
+                {
+                    "order_id": req.order_id,
+                    "account_id": req.account_id,
+                    "amount_cents": req.amount_cents,
+                    "state": "captured",
+                    "reason": None,
+                    "updated_at": time.time(),
+                },
             )
             tx.publish(
                 PaymentCaptured(
@@ -147,9 +164,7 @@ class BillingService(cleave.Service, implements=Billing):
 
     async def refund(self, req: Refund) -> Refunded:
         async with self.db.transaction() as tx:
-            prior = (
-                await tx.execute(sa.select(charges).where(charges.c.order_id == req.order_id))
-            ).first()
+            prior = await tx.fetch_one(FIND_CHARGE, {"order_id": req.order_id})
             if prior is None:
                 await tx.execute(
                     charges.insert().values(

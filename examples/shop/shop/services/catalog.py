@@ -30,6 +30,12 @@ products = sa.Table(
 )
 
 
+# The checkout's statement, built once (see cleave.Prepared); the rest use tx.execute.
+PRICE = cleave.Prepared(
+    sa.select(products.c.price_cents).where(products.c.sku == sa.bindparam("sku"))
+)
+
+
 class CatalogService(cleave.Service, implements=Catalog):
     db = cleave.Database(metadata, migrations=MIGRATIONS / "catalog")
 
@@ -57,15 +63,12 @@ class CatalogService(cleave.Service, implements=Catalog):
         return Product(sku=row.sku, name=row.name, price_cents=row.price_cents)
 
     async def get_prices(self, req: GetPrices) -> Prices:
+        found: dict[str, int] = {}
         async with self.db.read() as tx:
-            rows = (
-                await tx.execute(
-                    sa.select(products.c.sku, products.c.price_cents).where(
-                        products.c.sku.in_(req.skus)
-                    )
-                )
-            ).all()
-        found = {r.sku: r.price_cents for r in rows}
+            for sku in req.skus:
+                row = await tx.fetch_one(PRICE, {"sku": sku})
+                if row is not None:
+                    found[sku] = row.price_cents
         return Prices(
             prices=tuple(Price(sku=s, price_cents=found[s]) for s in req.skus if s in found),
             missing=tuple(s for s in req.skus if s not in found),

@@ -59,6 +59,45 @@ reserved_lines = sa.Table(
 )
 
 
+# The checkout's statements, built once (see cleave.Prepared); the rest use tx.execute.
+RESERVATION = cleave.Prepared(
+    sa.select(reservations.c.state, reservations.c.reason).where(
+        reservations.c.order_id == sa.bindparam("order_id")
+    )
+)
+NEW_RESERVATION = cleave.Prepared(
+    reservations.insert().values({c.name: sa.bindparam(c.name) for c in reservations.c})
+)
+SET_RESERVATION = cleave.Prepared(
+    reservations.update()
+    .where(reservations.c.order_id == sa.bindparam("order_id"))
+    .values(
+        state=sa.bindparam("state"),
+        reason=sa.bindparam("reason"),
+        updated_at=sa.bindparam("updated_at"),
+    )
+)
+LOCK_STOCK = cleave.Prepared(
+    sa.select(stock.c.available).where(stock.c.sku == sa.bindparam("sku")).with_for_update()
+)
+MOVE_STOCK = cleave.Prepared(
+    stock.update()
+    .where(stock.c.sku == sa.bindparam("sku"))
+    .values(
+        available=stock.c.available + sa.bindparam("available", type_=sa.Integer),
+        reserved=stock.c.reserved + sa.bindparam("reserved", type_=sa.Integer),
+    )
+)
+RESERVED_LINES = cleave.Prepared(
+    sa.select(reserved_lines.c.sku, reserved_lines.c.qty).where(
+        reserved_lines.c.order_id == sa.bindparam("order_id")
+    )
+)
+RESERVE_LINE = cleave.Prepared(
+    reserved_lines.insert().values({c.name: sa.bindparam(c.name) for c in reserved_lines.c})
+)
+
+
 class InventoryService(cleave.Service, implements=Inventory):
     db = cleave.Database(metadata, migrations=MIGRATIONS / "inventory")
 
@@ -90,33 +129,22 @@ class InventoryService(cleave.Service, implements=Inventory):
                 return self._rejected(req.order_id, "the order was already released")
             if state == "rejected":
                 return self._rejected(req.order_id, reason or "rejected")
-            rows = (
-                await tx.execute(
-                    sa.select(stock.c.sku, stock.c.available)
-                    .where(stock.c.sku.in_(sorted(wanted)))
-                    .with_for_update()
-                )
-            ).all()
-            available = {r.sku: r.available for r in rows}
             problem = None
-            for sku, qty in wanted.items():
-                if sku not in available:
+            for sku, qty in sorted(wanted.items()):  # one order of locks: no deadlocks
+                row = await tx.fetch_one(LOCK_STOCK, {"sku": sku})
+                if row is None:
                     problem = f"unknown sku {sku!r}"
-                elif available[sku] < qty:
-                    problem = f"out of stock: {sku} has {available[sku]} available, {qty} asked"
+                elif row.available < qty:
+                    problem = f"out of stock: {sku} has {row.available} available, {qty} asked"
                 if problem:
                     break
             if problem is not None:
                 await self._set_state(tx, req.order_id, "rejected", problem, new=True)
                 return self._rejected(req.order_id, problem)
             for sku, qty in wanted.items():
-                await tx.execute(
-                    stock.update()
-                    .where(stock.c.sku == sku)
-                    .values(available=stock.c.available - qty, reserved=stock.c.reserved + qty)
-                )
-            await tx.execute(
-                reserved_lines.insert(),
+                await tx.run(MOVE_STOCK, {"sku": sku, "available": -qty, "reserved": qty})
+            await tx.run_many(
+                RESERVE_LINE,
                 [{"order_id": req.order_id, "sku": s, "qty": q} for s, q in wanted.items()],
             )
             await self._set_state(tx, req.order_id, "held", None, new=True)
@@ -161,44 +189,26 @@ class InventoryService(cleave.Service, implements=Inventory):
 
     @staticmethod
     async def _state(tx: cleave.Transaction, order_id: str) -> tuple[str | None, str | None]:
-        row = (
-            await tx.execute(
-                sa.select(reservations.c.state, reservations.c.reason).where(
-                    reservations.c.order_id == order_id
-                )
-            )
-        ).first()
+        row = await tx.fetch_one(RESERVATION, {"order_id": order_id})
         return (row.state, row.reason) if row is not None else (None, None)
 
     @staticmethod
     async def _set_state(
         tx: cleave.Transaction, order_id: str, state: str, reason: str | None, new: bool = False
     ) -> None:
-        values = {"state": state, "reason": reason, "updated_at": time.time()}
-        if new:
-            await tx.execute(reservations.insert().values(order_id=order_id, **values))
-        else:
-            await tx.execute(
-                reservations.update().where(reservations.c.order_id == order_id).values(**values)
-            )
+        values = {"order_id": order_id, "state": state, "reason": reason, "updated_at": time.time()}
+        await tx.run(NEW_RESERVATION if new else SET_RESERVATION, values)
 
     @staticmethod
     async def _move(
         tx: cleave.Transaction, order_id: str, *, available: int, reserved: int
     ) -> None:
-        lines = (
-            await tx.execute(
-                sa.select(reserved_lines.c.sku, reserved_lines.c.qty).where(
-                    reserved_lines.c.order_id == order_id
-                )
-            )
-        ).all()
-        for line in lines:
-            await tx.execute(
-                stock.update()
-                .where(stock.c.sku == line.sku)
-                .values(
-                    available=stock.c.available + available * line.qty,
-                    reserved=stock.c.reserved + reserved * line.qty,
-                )
+        for line in await tx.fetch(RESERVED_LINES, {"order_id": order_id}):
+            await tx.run(
+                MOVE_STOCK,
+                {
+                    "sku": line.sku,
+                    "available": available * line.qty,
+                    "reserved": reserved * line.qty,
+                },
             )

@@ -35,6 +35,17 @@ notifications = sa.Table(
 )
 
 
+# The statements of the event handlers, built once (see cleave.Prepared).
+SENT = cleave.Prepared(
+    sa.select(notifications.c.notification_id)
+    .where(notifications.c.order_id == sa.bindparam("order_id"))
+    .where(notifications.c.kind == sa.bindparam("kind"))
+)
+NEW_NOTIFICATION = cleave.Prepared(
+    notifications.insert().values({c.name: sa.bindparam(c.name) for c in notifications.c})
+)
+
+
 class NotificationsService(cleave.Service, implements=Notifications):
     db = cleave.Database(metadata, migrations=MIGRATIONS / "notifications")
 
@@ -63,22 +74,18 @@ class NotificationsService(cleave.Service, implements=Notifications):
 
     async def _record(self, order_id: str, account_id: str, kind: str, text: str) -> None:
         async with self.db.transaction() as tx:
-            sent = await tx.scalar(
-                sa.select(notifications.c.notification_id)
-                .where(notifications.c.order_id == order_id)
-                .where(notifications.c.kind == kind)
-            )
-            if sent is not None:
+            if await tx.fetch_one(SENT, {"order_id": order_id, "kind": kind}):
                 return
-            await tx.execute(
-                notifications.insert().values(
-                    notification_id=f"ntf_{os.urandom(8).hex()}",
-                    order_id=order_id,
-                    account_id=account_id,
-                    kind=kind,
-                    text=text,
-                    created_at=time.time(),
-                )
+            await tx.run(
+                NEW_NOTIFICATION,
+                {
+                    "notification_id": f"ntf_{os.urandom(8).hex()}",
+                    "order_id": order_id,
+                    "account_id": account_id,
+                    "kind": kind,
+                    "text": text,
+                    "created_at": time.time(),
+                },
             )
 
     @cleave.subscribe(OrderConfirmed)

@@ -19,6 +19,7 @@ import hashlib
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import sqlalchemy as sa
@@ -62,6 +63,36 @@ orders = sa.Table(
 
 _lines = msgspec.json.Decoder(tuple[Line, ...])
 
+# The checkout's statements, built once (see cleave.Prepared); the rest use tx.execute.
+_VIEW = (
+    orders.c.order_id,
+    orders.c.account_id,
+    orders.c.status,
+    orders.c.total_cents,
+    orders.c["items"],  # not .items: that is the column collection's method
+    orders.c.reason,
+    orders.c.fingerprint,
+)
+ORDER_BY_ID = cleave.Prepared(
+    sa.select(*_VIEW).where(orders.c.order_id == sa.bindparam("order_id"))
+)
+ORDER_BY_KEY = cleave.Prepared(
+    sa.select(*_VIEW).where(orders.c.request_key == sa.bindparam("request_key"))
+)
+NEW_ORDER = cleave.Prepared(
+    orders.insert().values({c.name: sa.bindparam(c.name) for c in orders.c})
+)
+FINISH_ORDER = cleave.Prepared(
+    orders.update()
+    .where(orders.c.order_id == sa.bindparam("order_id"))
+    .where(orders.c.status == "pending")
+    .values(
+        status=sa.bindparam("status"),
+        reason=sa.bindparam("reason"),
+        updated_at=sa.bindparam("updated_at"),
+    )
+)
+
 
 class CheckoutState(cleave.Message):
     order_id: str
@@ -70,7 +101,7 @@ class CheckoutState(cleave.Message):
     total_cents: int
 
 
-def _view(row: sa.Row[tuple[object, ...]]) -> OrderView:
+def _view(row: Any) -> OrderView:
     return OrderView(
         order_id=row.order_id,
         account_id=row.account_id,
@@ -92,7 +123,7 @@ class OrdersService(cleave.Service, implements=Orders):
     # -- the contract ------------------------------------------------------------------------
 
     async def get_order(self, req: GetOrder) -> OrderView:
-        row = await self._find(orders.c.order_id == req.order_id)
+        row = await self._find(ORDER_BY_ID, order_id=req.order_id)
         if row is None:
             raise cleave.NotFound(f"no order {req.order_id!r}")
         return _view(row)
@@ -112,7 +143,7 @@ class OrdersService(cleave.Service, implements=Orders):
         ctx = cleave.current()
         key = ctx.request_id if ctx is not None else new_request_id()
         fingerprint = hashlib.blake2b(msgspec.msgpack.encode(req), digest_size=16).hexdigest()
-        existing = await self._find(orders.c.request_key == key)
+        existing = await self._find(ORDER_BY_KEY, request_key=key)
         if existing is not None:
             return self._same_request(existing, fingerprint)
         total = await self._validate(req)
@@ -120,19 +151,20 @@ class OrdersService(cleave.Service, implements=Orders):
         now = time.time()
         try:
             async with self.db.transaction() as tx:
-                await tx.execute(
-                    orders.insert().values(
-                        order_id=order_id,
-                        request_key=key,
-                        fingerprint=fingerprint,
-                        account_id=req.account_id,
-                        status="pending",
-                        total_cents=total,
-                        items=msgspec.json.encode(req.items),
-                        reason=None,
-                        created_at=now,
-                        updated_at=now,
-                    )
+                await tx.run(
+                    NEW_ORDER,
+                    {
+                        "order_id": order_id,
+                        "request_key": key,
+                        "fingerprint": fingerprint,
+                        "account_id": req.account_id,
+                        "status": "pending",
+                        "total_cents": total,
+                        "items": msgspec.json.encode(req.items),
+                        "reason": None,
+                        "created_at": now,
+                        "updated_at": now,
+                    },
                 )
                 await self.checkout.create(
                     order_id,
@@ -145,7 +177,7 @@ class OrdersService(cleave.Service, implements=Orders):
                 )
         except sa.exc.IntegrityError:
             # The same request arrived twice at once; the other one created the order.
-            existing = await self._find(orders.c.request_key == key)
+            existing = await self._find(ORDER_BY_KEY, request_key=key)
             if existing is None:
                 raise
             return self._same_request(existing, fingerprint)
@@ -205,13 +237,16 @@ class OrdersService(cleave.Service, implements=Orders):
     async def _finish(self, order_id: str, status: str, reason: str | None) -> bool:
         """Move a pending order to its final status; False if it was not pending."""
         async with self.db.transaction() as tx:
-            updated = await tx.execute(
-                orders.update()
-                .where(orders.c.order_id == order_id)
-                .where(orders.c.status == "pending")
-                .values(status=status, reason=reason, updated_at=time.time())
+            updated = await tx.run(
+                FINISH_ORDER,
+                {
+                    "order_id": order_id,
+                    "status": status,
+                    "reason": reason,
+                    "updated_at": time.time(),
+                },
             )
-        return bool(updated.rowcount)
+        return updated == 1
 
     async def _validate(self, req: PlaceOrder) -> int:
         """Check SKUs and account; return the order's total in cents."""
@@ -240,12 +275,12 @@ class OrdersService(cleave.Service, implements=Orders):
         price = {p.sku: p.price_cents for p in prices.prices}
         return sum(price[line.sku] * line.qty for line in req.items)
 
-    async def _find(self, where: sa.ColumnElement[bool]) -> sa.Row[tuple[object, ...]] | None:
+    async def _find(self, query: cleave.Prepared, **params: str) -> Any | None:
         async with self.db.read() as tx:
-            return (await tx.execute(sa.select(orders).where(where))).first()
+            return await tx.fetch_one(query, params)
 
     @staticmethod
-    def _same_request(row: sa.Row[tuple[object, ...]], fingerprint: str) -> OrderView:
+    def _same_request(row: Any, fingerprint: str) -> OrderView:
         if row.fingerprint != fingerprint:
             raise cleave.Conflict(
                 "this Idempotency-Key was already used for a different order; "

@@ -31,6 +31,15 @@ shipments = sa.Table(
 )
 
 
+# The statements of the event handler, built once (see cleave.Prepared).
+SHIPMENT_OF_ORDER = cleave.Prepared(
+    sa.select(shipments.c.shipment_id).where(shipments.c.order_id == sa.bindparam("order_id"))
+)
+NEW_SHIPMENT = cleave.Prepared(
+    shipments.insert().values({c.name: sa.bindparam(c.name) for c in shipments.c})
+)
+
+
 class ShippingService(cleave.Service, implements=Shipping):
     db = cleave.Database(metadata, migrations=MIGRATIONS / "shipping")
 
@@ -58,20 +67,18 @@ class ShippingService(cleave.Service, implements=Shipping):
     @cleave.subscribe(OrderConfirmed)
     async def on_order_confirmed(self, event: OrderConfirmed) -> None:
         async with self.db.transaction() as tx:
-            exists = await tx.scalar(
-                sa.select(shipments.c.shipment_id).where(shipments.c.order_id == event.order_id)
-            )
-            if exists is not None:
+            if await tx.fetch_one(SHIPMENT_OF_ORDER, {"order_id": event.order_id}):
                 return
             shipment_id = f"shp_{os.urandom(8).hex()}"
-            await tx.execute(
-                shipments.insert().values(
-                    shipment_id=shipment_id,
-                    order_id=event.order_id,
-                    account_id=event.account_id,
-                    status="preparing",
-                    created_at=time.time(),
-                )
+            await tx.run(
+                NEW_SHIPMENT,
+                {
+                    "shipment_id": shipment_id,
+                    "order_id": event.order_id,
+                    "account_id": event.account_id,
+                    "status": "preparing",
+                    "created_at": time.time(),
+                },
             )
             tx.publish(
                 ShipmentCreated(
