@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import os
 import signal
 import sys
 import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
-__all__ = ["alive", "die_with_parent", "prepare", "terminate"]
+__all__ = ["alive", "die_with_parent", "prepare", "run_main", "terminate"]
+
+T = TypeVar("T")
 
 _PR_SET_PDEATHSIG = 1
 _libc: ctypes.CDLL | None = None
@@ -62,3 +67,30 @@ def terminate(pids: list[int], timeout: float = 10.0) -> None:
         if alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def run_main(main: Coroutine[Any, Any, T], *, grace: float = 5.0) -> T:
+    """Like ``asyncio.run(main)``, but never waits for ever on tasks left behind.
+
+    ``asyncio.run`` cancels the tasks still pending when ``main`` returns and
+    waits for each to finish. A library task that swallows its cancellation
+    (a NATS client still reconnecting to a server that died with the
+    supervisor, say) then keeps a stopped process alive for ever; here it
+    gets ``grace`` seconds.
+    """
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.wait(pending, timeout=grace))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            if not any(not t.done() for t in asyncio.all_tasks(loop)):
+                loop.close()

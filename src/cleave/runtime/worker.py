@@ -31,7 +31,7 @@ from cleave.app import LoadedApp, load
 from cleave.observability.tracing import tracer
 from cleave.runtime.admin import Health, admin_app
 from cleave.runtime.http import HttpServer
-from cleave.runtime.procs import die_with_parent
+from cleave.runtime.procs import die_with_parent, run_main
 
 __all__ = ["main"]
 
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
 
     configure(service=args.group or args.role, replica=args.replica, json_lines=True)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_main(args))
+        run_main(_main(args))
     sys.stdout.flush()
 
 
