@@ -149,6 +149,8 @@ def _endpoint(
         started = time.perf_counter()
         response = await handle(request, span, traceparent)
         status = response.status_code
+        # What went wrong, as the client was told (the error body is small JSON, no internals).
+        error = f"HTTP {status}: {bytes(response.body)[:300].decode()}" if status >= 400 else ""
         if status >= 400 or access_log:
             (log.warning if status >= 500 else log.info)(
                 "request",
@@ -158,12 +160,10 @@ def _endpoint(
                 ms=round((time.perf_counter() - started) * 1000, 2),
                 request_id=response.headers.get("x-request-id", ""),
                 trace_id=span.trace_id if span is not None else "",
+                error=error,
             )
         if span is not None:
             span.attributes["http.status_code"] = response.status_code
-            error = ""
-            if response.status_code >= 400:
-                error = f"HTTP {response.status_code}: {bytes(response.body)[:300].decode()}"
             tracer.finish(span, error)
             response.headers["traceparent"] = span.traceparent
         return response
