@@ -99,16 +99,17 @@ class FleetSource:
         ]
 
     async def _each(self, path: str, *, as_json: bool = True) -> list[tuple[Child, Any]]:
-        async def one(child: Child, client: httpx.AsyncClient) -> tuple[Child, Any]:
+        client = self.supervisor.admin_http
+
+        async def one(child: Child) -> tuple[Child, Any]:
             try:
-                resp = await client.get(f"http://127.0.0.1:{child.admin_port}{path}")
+                resp = await client.get(f"http://127.0.0.1:{child.admin_port}{path}", timeout=3)
                 resp.raise_for_status()
                 return child, resp.json() if as_json else resp.text
             except (httpx.HTTPError, ValueError):
                 return child, None
 
-        async with httpx.AsyncClient(timeout=3) as client:
-            answers = await asyncio.gather(*(one(c, client) for c in self._workers()))
+        answers = await asyncio.gather(*(one(c) for c in self._workers()))
         return [(c, a) for c, a in answers if a is not None]
 
     async def processes(self) -> list[dict[str, Any]]:

@@ -49,22 +49,24 @@ class HealthMonitor:
             self._task = None
 
     async def _run(self) -> None:
-        async with httpx.AsyncClient(timeout=self.timeout) as client:
-            while True:
-                await asyncio.sleep(self.interval)
-                children = [
-                    c
-                    for c in self.supervisor.children
-                    if c.status == "ready"
-                    and not c.paused
-                    and not c.stopping
-                    and c.admin_port is not None
-                ]
-                await asyncio.gather(*(self._check(client, c) for c in children))
+        client = self.supervisor.admin_http
+        while True:
+            await asyncio.sleep(self.interval)
+            children = [
+                c
+                for c in self.supervisor.children
+                if c.status == "ready"
+                and not c.paused
+                and not c.stopping
+                and c.admin_port is not None
+            ]
+            await asyncio.gather(*(self._check(client, c) for c in children))
 
     async def _check(self, client: httpx.AsyncClient, child: Child) -> None:
         try:
-            resp = await client.get(f"http://127.0.0.1:{child.admin_port}/healthz")
+            resp = await client.get(
+                f"http://127.0.0.1:{child.admin_port}/healthz", timeout=self.timeout
+            )
             healthy = resp.status_code == 200
         except httpx.HTTPError:
             healthy = False

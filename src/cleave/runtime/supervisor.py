@@ -133,12 +133,24 @@ class Supervisor:
         self.started_at = time.time()
         self.logs_dir = loaded.state_dir / "logs"
         self._ops = asyncio.Lock()  # one scale or deploy at a time
+        self._admin_http: httpx.AsyncClient | None = None
         h = loaded.plan.health
         self.admin_port = admin_port
         self.dashboard = Dashboard(loaded.app, FleetSource(self), "processes (cleave up)")
         self.health = HealthMonitor(
             self, interval=h.interval, timeout=h.timeout, failures=h.failures
         )
+
+    @property
+    def admin_http(self) -> httpx.AsyncClient:
+        """The one client for the workers' admin ports (health, status, stats, chaos).
+
+        Shared because an httpx client builds an SSL context when it is made:
+        a new one per dashboard sample was half the supervisor's CPU under load.
+        """
+        if self._admin_http is None:
+            self._admin_http = httpx.AsyncClient(timeout=5)
+        return self._admin_http
 
     # -- the whole run -------------------------------------------------------------------
 
@@ -400,6 +412,8 @@ class Supervisor:
         await self.health.stop()
         await self.dashboard.stop()
         await self.dashboard.source.close()  # type: ignore[attr-defined]
+        if self._admin_http is not None:
+            await self._admin_http.aclose()
         gateways = [c for c in self.children if c.role == "gateway"]
         await self._stop_children(gateways)
         await self._stop_children([c for c in self.children if c.role != "gateway"])
@@ -518,10 +532,9 @@ class Supervisor:
         for c in targets:
             if c.admin_port is None:
                 continue
-            async with httpx.AsyncClient(timeout=5) as client:
-                resp = await client.post(
-                    f"http://127.0.0.1:{c.admin_port}/faults", json={"service": service, **faults}
-                )
+            resp = await self.admin_http.post(
+                f"http://127.0.0.1:{c.admin_port}/faults", json={"service": service, **faults}
+            )
             if resp.status_code != 200:
                 raise LifecycleError(f"{c.label} refused the faults: {resp.text}")
             answers[c.label] = resp.json()
@@ -579,8 +592,9 @@ class Supervisor:
             if child.status != "ready" or child.admin_port is None:
                 return child.label, {"error": f"worker is {child.status}"}
             try:
-                async with httpx.AsyncClient(timeout=3) as client:
-                    resp = await client.get(f"http://127.0.0.1:{child.admin_port}/status")
+                resp = await self.admin_http.get(
+                    f"http://127.0.0.1:{child.admin_port}/status", timeout=3
+                )
                 return child.label, resp.json()
             except (httpx.HTTPError, ValueError) as exc:
                 return child.label, {"error": f"{type(exc).__name__}: {exc}"}
