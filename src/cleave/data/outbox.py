@@ -96,11 +96,12 @@ class OutboxRelay:
                 if not await self._hold_lease():
                     await asyncio.sleep(self.lease_ttl / 3)
                     continue
+                # Cleared before reading: a commit during the relay sets it again.
+                self._wake.clear()
                 moved = await self.relay_once()
                 failures = 0
-                if moved:
-                    continue
-                self._wake.clear()
+                if moved >= self.batch or self._wake.is_set():
+                    continue  # more rows are waiting, or may be
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.poll)
             except asyncio.CancelledError:
