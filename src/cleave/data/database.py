@@ -49,6 +49,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from cleave.data import schema
+from cleave.data.checkpoint import Checkpointer
 from cleave.data.prepared import Prepared
 from cleave.errors import ConfigError, DefinitionError, LifecycleError
 from cleave.messages import to_msgpack
@@ -287,6 +288,8 @@ class _SqliteScope:
                 except BaseException:
                     _end(conn, tx._driver, commit=False)
                     raise
+                if not self.readonly and db._checkpointer is not None:
+                    db._checkpointer.committed()
             else:
                 _end(conn, tx._driver, commit=False)
         finally:
@@ -327,6 +330,7 @@ class Database:
         # SQLite transactions open at once in this process; more wait (asynchronously).
         self._slots: asyncio.Semaphore | None = None
         self._idle: list[sa.Connection] = []  # SQLite connections between transactions
+        self._checkpointer: Checkpointer | None = None  # SQLite files: checkpoints off the loop
         self._event_subjects: dict[type, str] = {}
         self._committed_events: list[Callable[[], None]] = []
 
@@ -383,7 +387,14 @@ class Database:
         except sa.exc.ArgumentError as exc:
             raise ConfigError(f"database URL of {self.service} is not valid: {self.url!r}") from exc
         if url.get_backend_name() == "sqlite":
-            self._sync = sqlite_engine(url)
+            if not url.database or url.database == ":memory:":
+                raise ConfigError(
+                    f"database URL of {self.service} is an in-memory SQLite ({self.url!r}): "
+                    "every connection would see its own empty database; give a file, e.g. "
+                    f"sqlite:///.cleave/data/{self.service or 'service'}.db"
+                )
+            self._sync = sqlite_engine(url, autocheckpoint=False)
+            self._checkpointer = Checkpointer(Path(url.database))
             self._write_lock = asyncio.Lock()
             self._slots = asyncio.Semaphore(SQLITE_MAX_OPEN)
         elif url.get_backend_name() == "postgresql":
@@ -438,6 +449,9 @@ class Database:
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
+        if self._checkpointer is not None:
+            await self._checkpointer.close()
+            self._checkpointer = None
         if self._sync is not None:
             while self._idle:
                 self._idle.pop().close()
@@ -528,8 +542,11 @@ LOCK_WAIT = 30.0
 SQLITE_MAX_OPEN = 64
 
 
-def sqlite_engine(url: sa.URL | str) -> sa.Engine:
-    """A SQLite engine used from the event loop's thread (``sqlite+aiosqlite`` accepted)."""
+def sqlite_engine(url: sa.URL | str, *, autocheckpoint: bool = True) -> sa.Engine:
+    """A SQLite engine used from the event loop's thread (``sqlite+aiosqlite`` accepted).
+
+    ``autocheckpoint=False`` leaves checkpoints to a :class:`Checkpointer`.
+    """
     url = make_url(url).set(drivername="sqlite")
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
@@ -548,6 +565,8 @@ def sqlite_engine(url: sa.URL | str) -> sa.Engine:
         # asynchronously, never by blocking the event loop.
         cursor.execute("PRAGMA busy_timeout=20")
         cursor.execute("PRAGMA foreign_keys=ON")
+        if not autocheckpoint:
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()
 
     @sa_event.listens_for(engine, "begin")
