@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import SAMPLE, Up, cli, wait_until
+from conftest import SAMPLE, Run, Up, cli, wait_until
 
 pytestmark = [pytest.mark.processes, pytest.mark.nats]
 
@@ -47,3 +47,21 @@ def test_logs_are_json_lines_with_ids_and_cleave_logs_merges_them(tmp_path: Path
         assert "no service 'ghost'" in bad.stderr
     finally:
         up.stop()
+
+
+def test_the_monolith_logs_json_lines_at_info_when_not_on_a_terminal(tmp_path: Path) -> None:
+    run = Run(SAMPLE, tmp_path).start()
+    try:
+        resp = httpx.post(f"{run.url}/fail", json={"how": "not_found"})
+        assert resp.status_code == 404
+    finally:
+        run.stop()
+    lines = [
+        json.loads(raw) for raw in run.proc.stdout.read().decode().splitlines() if raw[:1] == "{"
+    ]
+    [request] = [line for line in lines if line.get("event") == "request"]
+    assert request["service"] == "sample"  # the process is the whole app
+    assert request["status"] == 404
+    assert request["request_id"] == resp.headers["x-request-id"]
+    assert request["trace_id"] == resp.headers["traceparent"].split("-")[1]
+    assert not [line for line in lines if line.get("level") == "debug"]

@@ -75,7 +75,11 @@ async def run(
     from cleave.observability.sources import LocalSource
     from cleave.runtime.worker import code_version
 
+    from cleave.runtime.logs import configure as configure_logs
+
     obs = loaded.plan.observability
+    # Like a worker's, but the process is the whole app: colour in a terminal, else JSON lines.
+    configure_logs(service=loaded.app.name, replica=0)
     tracer.configure(enabled=obs.tracing, sample_rate=obs.sample_rate, capacity=obs.spans)
     mono = Monolith(loaded)
     stop = asyncio.Event()
