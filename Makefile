@@ -1,11 +1,13 @@
 # The two commands of the README, and their parts.
 #   make shop   set everything up, start the shop as processes (Ctrl-C to stop)
 #   make test   set everything up, run lint, types and the whole test suite
+#   make bench  the benchmark suite against its peers (bench/README.md), ~10 minutes
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+BENCH_STAMP := $(VENV)/.bench-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
 .PHONY: shop monolith test lint typecheck pytest bench clean
 
@@ -16,6 +18,10 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench]"
+	@touch $(BENCH_STAMP)
+
 shop: $(STAMP)
 	$(BIN)/cleave up examples/shop
 
@@ -23,8 +29,8 @@ monolith: $(STAMP)
 	$(BIN)/cleave run examples/shop
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples
-	$(BIN)/ruff format --check src tests examples
+	$(BIN)/ruff check src tests examples bench
+	$(BIN)/ruff format --check src tests examples bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -33,6 +39,9 @@ pytest: $(STAMP)
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) examples/shop/.cleave .mypy_cache .pytest_cache .ruff_cache

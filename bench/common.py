@@ -86,7 +86,7 @@ class Worker:
 
     def result(self, timeout: float = 600.0) -> Any:
         out, _ = self.proc.communicate(timeout=timeout)
-        lines = [ln for ln in out.splitlines() if ln.startswith("{") or ln.startswith("[")]
+        lines = [ln for ln in out.splitlines() if ln.startswith(("{", "["))]
         if self.proc.returncode != 0 or not lines:
             raise RuntimeError(f"worker failed ({self.proc.returncode}): {self.proc.args}\n{out}")
         return json.loads(lines[-1])

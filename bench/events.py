@@ -26,9 +26,8 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from bench.common import emit, percentile, ready
-
 import cleave
+from bench.common import emit, percentile, ready
 
 
 class Happened(cleave.Event):

@@ -21,15 +21,15 @@ Usage: python -m bench.remote server SYSTEM TARGET | client SYSTEM TARGET MODE S
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from bench.common import PAYLOAD, emit, ready, summary
-
 import cleave
+from bench.common import PAYLOAD, emit, ready, summary
 
 SUBJECT = "bench.echo"
 
@@ -156,6 +156,8 @@ async def serve_faststream(url: str) -> None:
 
 
 Call = Callable[[], Awaitable[Any]]
+#: Which of the client's concurrent callers is running (0..63), for per-caller clients.
+CALLER: contextvars.ContextVar[int] = contextvars.ContextVar("caller", default=0)
 
 
 async def client_nats(url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
@@ -219,15 +221,15 @@ def client_fastapi(shared: bool) -> Callable[[str], Awaitable[tuple[Call, Any]]]
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
         clients: list[httpx.AsyncClient] = []
         common = httpx.AsyncClient(limits=limits) if shared else None
-        own: dict[int, httpx.AsyncClient] = {}
+        own: dict[int, httpx.AsyncClient] = {}  # by caller: made while warming up, then kept
 
         async def call() -> Any:
             client = common
             if client is None:
-                task = id(asyncio.current_task())
-                client = own.get(task)
+                caller = CALLER.get()
+                client = own.get(caller)
                 if client is None:
-                    client = own[task] = httpx.AsyncClient()
+                    client = own[caller] = httpx.AsyncClient()
                     clients.append(client)
             resp = await client.post(url, content=data)
             return resp.content
@@ -305,7 +307,8 @@ async def measure(call: Call, concurrency: int, seconds: float) -> dict[str, flo
     latencies: list[float] = []
     stop_at = 0.0
 
-    async def worker() -> None:
+    async def worker(index: int) -> None:
+        CALLER.set(index)
         clock = time.perf_counter
         while True:
             started = clock()
@@ -316,11 +319,11 @@ async def measure(call: Call, concurrency: int, seconds: float) -> dict[str, flo
             latencies.append(ended - started)
 
     stop_at = time.perf_counter() + 0.5  # warm up: connections, caches
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
     latencies.clear()
     started = time.perf_counter()
     stop_at = started + seconds
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
     return summary(latencies, time.perf_counter() - started, len(latencies))
 
 
@@ -329,18 +332,6 @@ async def run_client(system: str, target: str, concurrency: int, seconds: float)
     result = await measure(call, concurrency, seconds)
     await close()
     emit(result)
-
-
-def main(argv: list[str]) -> None:
-    role, system, target = argv[0], argv[1], argv[2]
-    if role == "server":
-        asyncio.run(SERVERS[system](target))
-    else:
-        asyncio.run(run_client(system, target, int(argv[3]), float(argv[4])))
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
 
 
 def run(tmp: Any, *, runs: int = 3, seconds: float = 2.0) -> dict[str, Any]:
@@ -384,3 +375,15 @@ def run(tmp: Any, *, runs: int = 3, seconds: float = 2.0) -> dict[str, Any]:
             finally:
                 server.stop()
     return results
+
+
+def main(argv: list[str]) -> None:
+    role, system, target = argv[0], argv[1], argv[2]
+    if role == "server":
+        asyncio.run(SERVERS[system](target))
+    else:
+        asyncio.run(run_client(system, target, int(argv[3]), float(argv[4])))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
