@@ -78,6 +78,18 @@ def engine(path: Path) -> sa.Engine:
     return eng
 
 
+def database(
+    path: Path, metadata: sa.MetaData, seed: sa.Table, rows: list[dict[str, Any]]
+) -> sa.Engine:
+    """The service's SQLite file, its tables created and ``seed`` filled on first start."""
+    db = engine(path)
+    metadata.create_all(db)
+    with db.begin() as tx:
+        if rows and not tx.scalar(sa.select(sa.func.count()).select_from(seed)):
+            tx.execute(seed.insert(), rows)
+    return db
+
+
 def client() -> httpx.AsyncClient:
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
     return httpx.AsyncClient(limits=limits, timeout=30.0)
@@ -130,8 +142,7 @@ orders = sa.Table(
 
 
 def orders_app(data: Path, inventory_port: str, billing_port: str) -> FastAPI:
-    db = engine(data / "orders.db")
-    orders_md.create_all(db)
+    db = database(data / "orders.db", orders_md, orders, [])
     http: dict[str, httpx.AsyncClient] = {}
 
     @asynccontextmanager
@@ -219,17 +230,8 @@ reserved_lines = sa.Table(
 
 
 def inventory_app(data: Path) -> FastAPI:
-    db = engine(data / "inventory.db")
-    inventory_md.create_all(db)
-    with db.begin() as tx:
-        if not tx.scalar(sa.select(sa.func.count()).select_from(stock)):
-            tx.execute(
-                stock.insert(),
-                [
-                    {"sku": p.sku, "price_cents": p.price_cents, "available": p.stock}
-                    for p in PRODUCTS
-                ],
-            )
+    rows = [{"sku": p.sku, "price_cents": p.price_cents, "available": p.stock} for p in PRODUCTS]
+    db = database(data / "inventory.db", inventory_md, stock, rows)
     api = FastAPI()
 
     @api.post("/reserve")
@@ -295,14 +297,8 @@ payments = sa.Table(
 
 
 def billing_app(data: Path) -> FastAPI:
-    db = engine(data / "billing.db")
-    billing_md.create_all(db)
-    with db.begin() as tx:
-        if not tx.scalar(sa.select(sa.func.count()).select_from(accounts)):
-            tx.execute(
-                accounts.insert(),
-                [{"account_id": a.account_id, "balance_cents": a.balance_cents} for a in ACCOUNTS],
-            )
+    rows = [{"account_id": a.account_id, "balance_cents": a.balance_cents} for a in ACCOUNTS]
+    db = database(data / "billing.db", billing_md, accounts, rows)
     api = FastAPI()
 
     @api.post("/charge")

@@ -57,7 +57,9 @@ def _layer(filename: str, function: str) -> str:
 
 
 def _short(filename: str, line: int, function: str) -> str:
-    for marker in ("/site-packages/", "/src/", "/examples/shop/", "/lib/python3.11/"):
+    if "/shop/shop/" in filename:  # the shop, from the copy the run used
+        filename = "shop/" + filename.rsplit("/shop/shop/", 1)[1]
+    for marker in ("/site-packages/", "/src/", "/lib/python3.11/"):
         if marker in filename:
             filename = filename.split(marker, 1)[1]
             break
