@@ -75,3 +75,15 @@ async def test_strict_mode_round_trips_local_calls_through_the_codec(tmp_path: o
         assert greeting.text == "hello dee"
         dispatcher = h.host.dispatchers["greeter"]
         assert dispatcher.strict
+
+
+@pytest.mark.nats
+async def test_a_harness_that_cannot_start_says_which_host_and_where(nats_url: str) -> None:
+    from cleave.testing import NatsHarness
+
+    harness = NatsHarness(sample_app.app, nats_url)
+    harness.start_timeout = 0.001  # no host starts that fast
+    with pytest.raises(TimeoutError, match=r"host '\w+' of sample did not start within 0.001s"):
+        async with harness:
+            pass
+    assert all(nc.is_closed for nc in harness._connections)  # cleaned up what it opened

@@ -73,9 +73,8 @@ async def run(
     """Run the app as a monolith until SIGINT or SIGTERM; the dashboard on ``admin_port``."""
     from cleave.observability.dashboard import Dashboard
     from cleave.observability.sources import LocalSource
-    from cleave.runtime.worker import code_version
-
     from cleave.runtime.logs import configure as configure_logs
+    from cleave.runtime.worker import code_version
 
     obs = loaded.plan.observability
     # Like a worker's, but the process is the whole app: colour in a terminal, else JSON lines.

@@ -317,11 +317,24 @@ class NatsHarness:
                 raise TimeoutError(f"not settled after {timeout}s: {busy} events in flight")
             await asyncio.sleep(0.02)
 
+    #: How long starting every host may take before it is an error, not a hang.
+    start_timeout = 60.0
+
     async def __aenter__(self) -> NatsHarness:
+        label = ""
         try:
-            for label, names in self.groups.items():
-                self.hosts[label] = await self._host(list(names), label)
-            self._edge = await self._host([], "edge")
+            async with asyncio.timeout(self.start_timeout):
+                for label, names in self.groups.items():
+                    self.hosts[label] = await self._host(list(names), label)
+                label = "edge"
+                self._edge = await self._host([], label)
+        except TimeoutError:
+            await self.__aexit__()
+            raise TimeoutError(
+                f"NatsHarness: host {label!r} of {self.app.name} did not start within "
+                f"{self.start_timeout:g}s on {self.nats_url}; is the NATS server (with "
+                "JetStream) answering?"
+            ) from None
         except BaseException:
             await self.__aexit__()
             raise
