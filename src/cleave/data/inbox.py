@@ -30,7 +30,7 @@ from cleave.messages import Event, from_msgpack
 from cleave.observability.tracing import CONSUMER, id_attributes, tracer
 
 if TYPE_CHECKING:
-    from cleave.data.database import Database
+    from cleave.data.database import Database, Transaction
     from cleave.transport.base import Broker, ConsumerPolicy
     from cleave.types import Delivery
 
@@ -143,15 +143,21 @@ class EventConsumer:
     async def _handle_batch(self, decoded: list[tuple[Delivery, Event]]) -> int:
         fresh = 0
         async with asyncio.timeout(self.timeout), self.db.transaction() as tx:
-            now = time.time()
             for d, event in decoded:
-                if await tx.run(_MARK, {"consumer": self.name, "event_id": d.msg_id, "at": now}):
-                    await self._run_handler(d, event, tx)
-                    fresh += 1
+                fresh += await self._handle_in(tx, d, event)
         return fresh
 
-    async def _run_handler(self, delivery: Delivery, event: Event, tx: object) -> None:
-        """One event's handler, in its own span and call context, in the batch's transaction."""
+    async def _handle(self, delivery: Delivery, event: Event) -> bool:
+        async with asyncio.timeout(self.timeout), self.db.transaction() as tx:
+            return await self._handle_in(tx, delivery, event)
+
+    async def _handle_in(self, tx: Transaction, delivery: Delivery, event: Event) -> bool:
+        """Record the event in the inbox and run its handler, in ``tx``; False: seen before."""
+        marked = await tx.run(
+            _MARK, {"consumer": self.name, "event_id": delivery.msg_id, "at": time.time()}
+        )
+        if not marked:
+            return False  # handled before: a redelivery, or a duplicate publish
         traceparent = delivery.headers.get("traceparent", "")
         span = None
         if tracer.enabled:
@@ -162,6 +168,7 @@ class EventConsumer:
                 traceparent = span.traceparent
                 span.attributes["consumer"] = self.name
                 span.attributes["event_id"] = delivery.msg_id
+                span.attributes["attempt"] = delivery.attempt
                 id_attributes(event, span.attributes)
         ctx = CallContext(
             time.time() + self.timeout, f"evt-{delivery.msg_id}", self.service, traceparent
@@ -177,49 +184,7 @@ class EventConsumer:
             _current.reset(token)
         if span is not None:
             tracer.finish(span)
-
-    async def _handle(self, delivery: Delivery, event: Event) -> bool:
-        traceparent = delivery.headers.get("traceparent", "")
-        span = None
-        if tracer.enabled:
-            span = tracer.start(
-                f"handle {type(event).__topic__}", CONSUMER, self.service, traceparent
-            )
-            if span is not None:
-                traceparent = span.traceparent
-                span.attributes["consumer"] = self.name
-                span.attributes["event_id"] = delivery.msg_id
-                span.attributes["attempt"] = delivery.attempt
-                id_attributes(event, span.attributes)
-        try:
-            fresh = await self._handle_in(delivery, event, traceparent)
-        except BaseException as exc:
-            if span is not None:
-                tracer.finish(span, f"{type(exc).__name__}: {exc}")
-            raise
-        if span is not None:
-            if not fresh:
-                span.attributes["duplicate"] = True
-            tracer.finish(span)
-        return fresh
-
-    async def _handle_in(self, delivery: Delivery, event: Event, traceparent: str) -> bool:
-        ctx = CallContext(
-            time.time() + self.timeout, f"evt-{delivery.msg_id}", self.service, traceparent
-        )
-        token = _current.set(ctx)
-        try:
-            async with asyncio.timeout(self.timeout), self.db.transaction() as tx:
-                marked = await tx.run(
-                    _MARK,
-                    {"consumer": self.name, "event_id": delivery.msg_id, "at": time.time()},
-                )
-                if not marked:
-                    return False  # handled before: a redelivery, or a duplicate publish
-                await self.handler(event)
-            return True
-        finally:
-            _current.reset(token)
+        return True
 
     async def _dead_letter(self, delivery: Delivery, error: str) -> None:
         self.dead_lettered += 1
