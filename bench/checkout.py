@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,7 @@ def _label(pid: int) -> str:
     return Path(argv[0]).name
 
 
-class System:
+class System(ABC):
     """A system under test: started on a port, its processes' CPU time, stopped."""
 
     name = ""
@@ -110,8 +111,9 @@ class System:
         self.port = free_port()
         self.procs: list[subprocess.Popen[bytes]] = []
 
+    @abstractmethod
     def start(self) -> None:
-        raise NotImplementedError
+        """Start the system's processes and wait until an order goes through."""
 
     def pids(self) -> list[int]:
         return [p for proc in self.procs for p in _descendants(proc.pid)]

@@ -110,11 +110,7 @@ def nats_server(tmp: Path, *, sync_always: bool = True) -> Iterator[str]:
     """A nats-server with JetStream on a free loopback port (fsync always, like Cleave's)."""
     from cleave.runtime.natsd import EmbeddedNats
 
-    server = EmbeddedNats(tmp / "nats", name="bench")
-    if not sync_always:
-        server._config = lambda: EmbeddedNats._config(server).replace(  # type: ignore[method-assign]
-            '  sync_interval: "always"\n', ""
-        )
+    server = EmbeddedNats(tmp / "nats", name="bench", sync_always=sync_always)
     server.launch()
     try:
         yield server.url

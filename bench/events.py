@@ -37,7 +37,7 @@ class Happened(cleave.Event):
 
 
 class Nothing(cleave.Message):
-    pass
+    """No fields: the consumer's contract takes and returns nothing of interest."""
 
 
 @cleave.contract("producer", version=1, events=[Happened])

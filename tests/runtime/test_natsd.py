@@ -71,3 +71,8 @@ def test_free_port_is_free() -> None:
     port = free_port()
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
+
+
+def test_every_write_is_synced_unless_asked_otherwise(tmp_path: Path) -> None:
+    assert 'sync_interval: "always"' in EmbeddedNats(tmp_path)._config()
+    assert "sync_interval" not in EmbeddedNats(tmp_path, sync_always=False)._config()

@@ -79,9 +79,18 @@ class EmbeddedNats:
     """A nats-server child process with JetStream."""
 
     def __init__(
-        self, store_dir: Path, *, port: int = 0, binary: str = "", name: str = "cleave"
+        self,
+        store_dir: Path,
+        *,
+        port: int = 0,
+        binary: str = "",
+        name: str = "cleave",
+        sync_always: bool = True,
     ) -> None:
         self.store_dir = store_dir
+        #: fsync every JetStream write (Cleave's setting); False: the server's default
+        #: (a sync every two minutes), which only the benchmarks' raw peer uses.
+        self.sync_always = sync_always
         self.port = port
         self._fixed_port = port
         self.binary = binary
@@ -106,8 +115,8 @@ class EmbeddedNats:
             "max_payload: 8MB\n"
             "jetstream {\n"
             f'  store_dir: "{store}"\n'
-            '  sync_interval: "always"\n'
-            "}\n"
+            + ('  sync_interval: "always"\n' if self.sync_always else "")
+            + "}\n"
         )
 
     def _check_binary(self) -> str:
