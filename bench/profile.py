@@ -67,6 +67,7 @@ def _short(filename: str, line: int, function: str) -> str:
 
 
 def report(stats_file: Path, top: int = 15) -> dict[str, Any]:
+    # Stats.stats is documented but missing from typeshed.
     stats: dict[Any, Any] = pstats.Stats(str(stats_file)).stats  # type: ignore[attr-defined]
     busy: dict[str, float] = {}
     functions: list[tuple[float, str]] = []

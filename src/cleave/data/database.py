@@ -239,18 +239,20 @@ class _SqliteScope:
     and lets SQLAlchemy see the connection only when a statement runs.
     """
 
-    __slots__ = ("db", "readonly", "token", "tx")
+    __slots__ = ("db", "lock", "readonly", "slots", "token", "tx")
 
     def __init__(self, db: Database, *, readonly: bool) -> None:
         self.db = db
         self.readonly = readonly
+        assert db._write_lock is not None
+        assert db._slots is not None
+        self.lock: asyncio.Lock = db._write_lock
+        self.slots: asyncio.Semaphore = db._slots
 
     async def __aenter__(self) -> Transaction:
         db = self.db
-        lock = db._write_lock
-        slots = db._slots
-        assert lock is not None
-        assert slots is not None
+        lock = self.lock
+        slots = self.slots
         if not self.readonly:
             await lock.acquire()
         conn = None
@@ -296,9 +298,9 @@ class _SqliteScope:
             tx.closed = True
             _ambient.reset(self.token)
             db._release(conn)
-            db._slots.release()  # type: ignore[union-attr]
+            self.slots.release()
             if not self.readonly:
-                db._write_lock.release()  # type: ignore[union-attr]
+                self.lock.release()
         if wrote_events:
             db._notify()
 

@@ -146,13 +146,13 @@ class Router:
         started = perf_counter()
         bulkhead = policy.bulkhead
         breaker = policy.breaker
-        entered = False
+        entered = None  # the bulkhead this call holds a place in
         try:
             if bulkhead is not None:
                 if bulkhead.active >= bulkhead.limit:
                     bulkhead.enter(method.contract.name, method.name)  # refuses, with the why
                 bulkhead.active += 1
-                entered = True
+                entered = bulkhead
             if breaker is not None and breaker.state is not CLOSED:
                 breaker.allow(method.contract.name, method.name)
             dispatcher = self.local.get(method.contract.name)
@@ -176,8 +176,8 @@ class Router:
                 return await _fall_back(policy, request, exc)
             raise
         finally:
-            if entered:
-                bulkhead.active -= 1  # type: ignore[union-attr]
+            if entered is not None:
+                entered.active -= 1
         stats.record_ok(perf_counter() - started)
         if span is not None:
             tracer.finish(span)

@@ -136,7 +136,8 @@ class Supervisor:
         self._admin_http: httpx.AsyncClient | None = None
         h = loaded.plan.health
         self.admin_port = admin_port
-        self.dashboard = Dashboard(loaded.app, FleetSource(self), "processes (cleave up)")
+        self.fleet = FleetSource(self)
+        self.dashboard = Dashboard(loaded.app, self.fleet, "processes (cleave up)")
         self.health = HealthMonitor(
             self, interval=h.interval, timeout=h.timeout, failures=h.failures
         )
@@ -411,7 +412,7 @@ class Supervisor:
         self._stop.set()
         await self.health.stop()
         await self.dashboard.stop()
-        await self.dashboard.source.close()  # type: ignore[attr-defined]
+        await self.fleet.close()
         if self._admin_http is not None:
             await self._admin_http.aclose()
         gateways = [c for c in self.children if c.role == "gateway"]
