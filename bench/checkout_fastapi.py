@@ -37,6 +37,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 from sqlalchemy import event as sa_event
 
+from bench.common import UVICORN
 from shop.seed import ACCOUNTS, PRODUCTS
 
 
@@ -333,15 +334,7 @@ def main(argv: list[str]) -> None:
         "billing": billing_app,
     }
     api = factories[service](folder, *upstream)
-    uvicorn.run(
-        api,
-        host="127.0.0.1",
-        port=int(port),
-        loop="asyncio",
-        http="httptools",
-        log_level="warning",
-        access_log=False,
-    )
+    uvicorn.run(api, port=int(port), **UVICORN)
 
 
 if __name__ == "__main__":

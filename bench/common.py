@@ -16,6 +16,15 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PAYLOAD = 217  # bytes: the reference message size of the issue
+# How every FastAPI peer runs: uvicorn on loopback, the asyncio loop (as Cleave),
+# httptools, no access log (BENCHMARKING.md: pin the loop and the HTTP parser).
+UVICORN: dict[str, Any] = {
+    "host": "127.0.0.1",
+    "loop": "asyncio",
+    "http": "httptools",
+    "log_level": "warning",
+    "access_log": False,
+}
 
 
 def free_port() -> int:

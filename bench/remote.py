@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import cleave
-from bench.common import PAYLOAD, emit, ready, summary
+from bench.common import PAYLOAD, UVICORN, emit, ready, summary
 
 SUBJECT = "bench.echo"
 
@@ -104,15 +104,7 @@ async def serve_fastapi(port: str) -> None:
     async def echo(request: Request) -> Response:
         return Response(await request.body(), media_type="application/octet-stream")
 
-    config = uvicorn.Config(
-        api,
-        host="127.0.0.1",
-        port=int(port),
-        loop="asyncio",
-        http="httptools",
-        log_level="warning",
-        access_log=False,
-    )
+    config = uvicorn.Config(api, port=int(port), **UVICORN)
     server = uvicorn.Server(config)
     task = asyncio.ensure_future(server.serve())
     while not server.started:
