@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import pytest
 import sample_app
 from sample_app import Add, FrontService, Greet, Greeted, Greeter, GreeterService, Hello
@@ -87,3 +90,30 @@ async def test_a_harness_that_cannot_start_says_which_host_and_where(nats_url: s
         async with harness:
             pass
     assert all(nc.is_closed for nc in harness._connections)  # cleaned up what it opened
+
+
+async def test_a_start_that_swallows_its_cancellation_is_still_late(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cleave.testing import NatsHarness
+
+    stopped = []
+
+    class Started:
+        async def stop(self) -> None:
+            stopped.append(self)
+
+    async def stubborn_host(self: NatsHarness, names: list[str], label: str) -> Started:
+        # Swallows its cancel, as asyncio.wait_for does on 3.11 when its future
+        # finishes in the same instant.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.3)
+        return Started()
+
+    monkeypatch.setattr(NatsHarness, "_host", stubborn_host)
+    harness = NatsHarness(sample_app.app, "nats://127.0.0.1:1")
+    harness.start_timeout = 0.05
+    with pytest.raises(TimeoutError, match=r"did not start within 0.05s"):
+        async with harness:
+            pass
+    assert stopped  # what did start is stopped again

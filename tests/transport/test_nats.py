@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -115,3 +116,26 @@ async def test_standard_nats_tooling_lists_the_services(split: Any, nats_url: st
     [stats] = found["stats"]
     greet = next(e for e in stats["endpoints"] if e["name"] == "greet")
     assert greet["num_requests"] >= 1
+
+
+async def test_a_call_that_swallows_its_deadline_cancel_is_not_remembered(
+    nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def stubborn(self: sample_app.GreeterService, req: sample_app.Sleep) -> Any:
+        # Swallows its cancel, as asyncio.wait_for does on 3.11 when its future
+        # finishes in the same instant.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(req.seconds)
+        return sample_app.Greeting(text="late")
+
+    monkeypatch.setattr(sample_app.GreeterService, "sleep", stubborn)
+    async with NatsHarness(sample_app.app, nats_url, tmp_path) as h:
+        with pytest.raises(cleave.DeadlineExceeded), cleave.timeout(0.2):
+            await h.client(Greeter).sleep(sample_app.Sleep(seconds=2))
+        server = next(host.server for host in h.hosts.values() if "greeter" in host.names)
+        for _ in range(100):
+            if not server._tasks:
+                break
+            await asyncio.sleep(0.02)
+        assert not server._tasks  # cancelled at its deadline, and it stopped
+        assert not server._expired  # and nothing keeps the finished task alive

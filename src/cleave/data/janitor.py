@@ -14,13 +14,13 @@ are harmless repeats.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 import structlog
 
+from cleave._aio import cancel_and_wait
 from cleave.data import schema
 
 if TYPE_CHECKING:
@@ -54,9 +54,7 @@ class Janitor:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def _run(self) -> None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 import structlog
 
+from cleave._aio import cancel_and_wait
 from cleave.data import schema
 from cleave.data.prepared import Prepared
 from cleave.observability.tracing import INTERNAL, tracer
@@ -75,9 +76,7 @@ class OutboxRelay:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         if self._lease_until > time.time():
             with contextlib.suppress(Exception):

@@ -61,6 +61,7 @@ import msgspec
 import sqlalchemy as sa
 import structlog
 
+from cleave._aio import cancel_and_wait
 from cleave.context import CallContext, _current
 from cleave.data import schema
 from cleave.data.prepared import Prepared
@@ -662,9 +663,7 @@ class SagaRunner(Generic[S]):
     async def stop(self) -> None:
         """Stop driving; sagas in progress keep their record and are resumed later."""
         if self._recovery is not None:
-            self._recovery.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._recovery
+            await cancel_and_wait(self._recovery)
             self._recovery = None
         tasks = list(self._driving.values())
         for task in tasks:

@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from cleave._aio import cancel_and_wait
 from cleave.observability.metrics import merge_snapshots, p99_of
 from cleave.observability.tracing import summaries
 
@@ -69,9 +70,7 @@ class Dashboard:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     async def _sample(self) -> None:
         while True:

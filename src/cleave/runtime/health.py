@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from cleave._aio import cancel_and_wait
+
 if TYPE_CHECKING:
     from cleave.runtime.supervisor import Child, Supervisor
 
@@ -43,9 +45,7 @@ class HealthMonitor:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def _run(self) -> None:

@@ -323,11 +323,16 @@ class NatsHarness:
     async def __aenter__(self) -> NatsHarness:
         label = ""
         try:
-            async with asyncio.timeout(self.start_timeout):
+            async with asyncio.timeout(self.start_timeout) as limit:
                 for label, names in self.groups.items():
                     self.hosts[label] = await self._host(list(names), label)
                 label = "edge"
                 self._edge = await self._host([], label)
+            if limit.expired():
+                # The cancel that enforces the limit was swallowed: Python 3.11's
+                # asyncio.wait_for (inside nats-py) does so when its future
+                # finishes in the same instant. Late is late all the same.
+                raise TimeoutError
         except TimeoutError:
             await self.__aexit__()
             raise TimeoutError(

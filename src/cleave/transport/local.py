@@ -24,6 +24,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from cleave._aio import cancel_and_wait
 from cleave.errors import LifecycleError
 from cleave.transport.base import ConsumerPolicy, DeadLetter, Outgoing
 
@@ -218,9 +219,7 @@ class _MemorySubscription:
         if self._handler in c.handlers:
             c.handlers.remove(self._handler)
         if not c.handlers and c.task is not None:
-            c.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await c.task
+            await cancel_and_wait(c.task)
             c.task = None
             if c.running:
                 await asyncio.gather(*list(c.running), return_exceptions=True)
@@ -339,9 +338,7 @@ class MemoryBroker:
         for st in self._streams.values():
             for c in st.consumers.values():
                 if c.task is not None:
-                    c.task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await c.task
+                    await cancel_and_wait(c.task)
                     c.task = None
                 for t in list(c.running):
                     t.cancel()

@@ -25,6 +25,7 @@ import nats.errors
 import structlog
 from nats.aio.client import Client as NatsClient
 
+from cleave._aio import cancel_and_wait
 from cleave.context import CallContext
 from cleave.errors import (
     CallError,
@@ -290,6 +291,9 @@ class NatsRpcServer:
             )
         finally:
             self._deadlines.pop(task, None)
+            # On Python 3.11 a cancel can be swallowed (asyncio.wait_for when its
+            # future finishes as it is cancelled): forget the task either way.
+            self._expired.discard(task)
             endpoint.time_ns += time.perf_counter_ns() - started
         if msg.reply:
             with contextlib.suppress(nats.errors.Error):
@@ -329,8 +333,6 @@ class NatsRpcServer:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace)
         if self._watchdog is not None:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
+            await cancel_and_wait(self._watchdog)
         with contextlib.suppress(nats.errors.Error):
             await self.nc.flush(timeout=2)
