@@ -49,6 +49,8 @@ class CallContext(msgspec.Struct, gc=False):
     traceparent: str = ""
     #: Calls made so far while handling this one (numbers the children's ids).
     calls: int = 0
+    #: The service handling this call (set by whoever runs it; names its log lines).
+    service: str = ""
 
     def child_request_id(self) -> str:
         """The request id of the next call made while handling this one."""

@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 __all__ = ["EventConsumer"]
 
-log = structlog.get_logger("cleave.inbox")
 
 # Record an event as handled by a consumer; changes no row if it already was.
 _MARK = Prepared(
@@ -64,6 +63,7 @@ class EventConsumer:
     ) -> None:
         self.service = service
         self.name = name  # the durable consumer's name, unique per service and handler
+        self.log = structlog.get_logger("cleave.inbox", service=service)
         self.event = event
         self.handler = handler
         self.db = db
@@ -95,7 +95,7 @@ class EventConsumer:
                 await self._dead_letter(delivery, error)
                 return
             delay = self.policy.delay(delivery.attempt)
-            log.warning(
+            self.log.warning(
                 "event handler failed; will retry",
                 consumer=self.name,
                 event_id=delivery.msg_id,
@@ -171,7 +171,11 @@ class EventConsumer:
                 span.attributes["attempt"] = delivery.attempt
                 id_attributes(event, span.attributes)
         ctx = CallContext(
-            time.time() + self.timeout, f"evt-{delivery.msg_id}", self.service, traceparent
+            time.time() + self.timeout,
+            f"evt-{delivery.msg_id}",
+            self.service,
+            traceparent,
+            service=self.service,
         )
         token = _current.set(ctx)
         try:
@@ -188,7 +192,7 @@ class EventConsumer:
 
     async def _dead_letter(self, delivery: Delivery, error: str) -> None:
         self.dead_lettered += 1
-        log.error(
+        self.log.error(
             "event dead-lettered",
             consumer=self.name,
             event_id=delivery.msg_id,

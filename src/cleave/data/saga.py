@@ -74,7 +74,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Abort", "Saga", "SagaOutcome", "SagaRunner"]
 
-log = structlog.get_logger("cleave.saga")
 
 S = TypeVar("S", bound=Message)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -265,6 +264,7 @@ class SagaRunner(Generic[S]):
         self.db = db
         self.service = service
         self.kind = f"{service}.{saga.attr}"
+        self.log = structlog.get_logger("cleave.saga", service=service)
         self.owner = owner
         self.decoder = msgspec.msgpack.Decoder(saga.state)
         self._driving: dict[str, asyncio.Task[SagaOutcome]] = {}
@@ -423,7 +423,7 @@ class SagaRunner(Generic[S]):
                     else:
                         await self._backward(row)
             except _LostLease:
-                log.info("saga taken over by another owner", saga_id=saga_id, kind=self.kind)
+                self.log.info("saga taken over by another owner", saga_id=saga_id, kind=self.kind)
                 outcome = await self.get(saga_id)
                 if outcome is None:
                     raise LifecycleError(f"saga {saga_id} disappeared") from None
@@ -486,10 +486,10 @@ class SagaRunner(Generic[S]):
         )
         if done:
             self.completed += 1
-            log.debug("saga done", kind=self.kind, saga_id=row.saga_id)
+            self.log.debug("saga done", kind=self.kind, saga_id=row.saga_id)
 
     async def _to_compensation(self, row: _Row, reason: str) -> None:
-        log.info("saga compensating", saga_id=row.saga_id, kind=self.kind, reason=reason)
+        self.log.info("saga compensating", saga_id=row.saga_id, kind=self.kind, reason=reason)
         async with self.db.transaction() as tx:
             # The failing step is compensated too: it may have happened in part.
             await self._save(
@@ -522,7 +522,7 @@ class SagaRunner(Generic[S]):
                 await self._retry(row, f"on_failure: {_describe(exc)}")
                 return
             self.failed += 1
-            log.info("saga failed", kind=self.kind, saga_id=row.saga_id, reason=row.reason)
+            self.log.info("saga failed", kind=self.kind, saga_id=row.saga_id, reason=row.reason)
             return
         step = self.saga.steps[row.step]
         if step.compensate is not None:
@@ -548,7 +548,7 @@ class SagaRunner(Generic[S]):
     async def _retry(self, row: _Row, error: str) -> None:
         attempts = row.attempts + 1
         delay = min(5.0, 0.1 * 2 ** min(attempts, 6)) * random.uniform(0.7, 1.3)
-        log.warning(
+        self.log.warning(
             "saga step failed; will retry",
             saga_id=row.saga_id,
             kind=self.kind,
@@ -585,7 +585,11 @@ class SagaRunner(Generic[S]):
                 span.attributes["saga_id"] = row.saga_id
                 span.attributes["attempt"] = row.attempts + 1
         ctx = CallContext(
-            time.time() + timeout, f"saga-{row.saga_id}.{label}", self.service, traceparent
+            time.time() + timeout,
+            f"saga-{row.saga_id}.{label}",
+            self.service,
+            traceparent,
+            service=self.service,
         )
         token = _current.set(ctx)
         try:
@@ -645,7 +649,9 @@ class SagaRunner(Generic[S]):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("saga recovery failed; retrying", kind=self.kind, error=_describe(exc))
+                self.log.warning(
+                    "saga recovery failed; retrying", kind=self.kind, error=_describe(exc)
+                )
             await asyncio.sleep(interval)
 
     async def pending(self) -> int:

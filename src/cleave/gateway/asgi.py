@@ -33,7 +33,8 @@ from cleave.runtime.router import Router
 
 __all__ = ["MAX_BODY", "build_asgi"]
 
-log = structlog.get_logger("cleave.gateway")
+# Initial values, not .bind(): bind() builds the logger now, before logs are configured.
+log = structlog.get_logger("cleave.gateway", service="gateway")
 
 MAX_BODY = 1 << 20
 _JSON = "application/json"

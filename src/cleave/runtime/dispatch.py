@@ -21,6 +21,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+import structlog
 
 from cleave.context import CallContext, _current
 from cleave.data import schema
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
     from cleave.service import Service, ServiceSpec
 
 __all__ = ["Dispatcher"]
+
+log = structlog.get_logger("cleave.dispatch")
 
 _t = schema.idempotency
 _FIND = Prepared(
@@ -96,6 +99,7 @@ class Dispatcher:
         if stats is not None:
             stats.in_flight += 1
             started = perf_counter()
+        ctx.service = self.name
         token = _current.set(ctx)
         try:
             if self.faults is not None:
@@ -114,6 +118,10 @@ class Dispatcher:
             if self.strict:
                 result = from_msgpack(to_msgpack(result), method.response)
         except Exception as exc:
+            if not isinstance(exc, CallError):
+                # A bug, not an answer: the caller gets its kind and message, the
+                # service's log keeps the traceback.
+                log.error("method failed", method=method.qualname, exc_info=exc)
             seen = self.as_seen_by_caller(exc, method)
             if stats is not None:
                 stats.record(perf_counter() - started, seen.kind)

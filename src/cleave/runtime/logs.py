@@ -1,7 +1,10 @@
 """Structured logs: one JSON object per line in workers, readable colour in a terminal.
 
-Every line carries the service and replica of the process that wrote it, and
-the request id of the call being handled when there is one.
+Every line carries the service and replica that wrote it, and the request and
+trace ids of the call being handled when there is one. A process that runs
+several services (the monolith, or a group) names the one at work: the call
+context says which service handles the call, and background work (outbox
+relays, consumers, sagas) logs through a logger bound to its service.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ def _add_call_context(
 ) -> MutableMapping[str, Any]:
     ctx = current()
     if ctx is not None:
+        if ctx.service:
+            event["service"] = ctx.service  # in a process of several services, the one at work
         event.setdefault("request_id", ctx.request_id)
         if ctx.traceparent:
             parts = ctx.traceparent.split("-")
