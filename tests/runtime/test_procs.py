@@ -45,3 +45,32 @@ def test_the_main_coroutine_s_error_is_raised() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "ValueError: boom" in done.stderr
+
+
+FREEZE = textwrap.dedent(
+    """
+    import gc, weakref
+    from cleave.runtime.procs import freeze_heap
+
+    class Node:
+        pass
+
+    kept = [[i] for i in range(100_000)]  # what a process builds to start
+    cycle = Node()
+    cycle.me = cycle
+    gone = weakref.ref(cycle)
+    del cycle  # garbage in a cycle: only the collector frees it
+    freeze_heap()
+    print("freed", gone() is None)
+    print("frozen", gc.get_freeze_count() >= len(kept))
+    print("walked", len(gc.get_objects(generation=2)) < 1_000)
+    """
+)
+
+
+def test_freeze_heap_frees_garbage_then_hides_the_rest_from_full_collections() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", FREEZE], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["freed", "True", "frozen", "True", "walked", "True"]

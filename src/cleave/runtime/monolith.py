@@ -17,6 +17,7 @@ from cleave.gateway.asgi import build_asgi
 from cleave.observability.tracing import tracer
 from cleave.runtime.host import Host
 from cleave.runtime.http import HttpServer, bind_admin
+from cleave.runtime.procs import freeze_heap
 from cleave.transport.local import MemoryBroker
 
 if TYPE_CHECKING:
@@ -102,6 +103,7 @@ async def run(
         servers.append(HttpServer(dashboard.asgi(), "127.0.0.1", 0, sock=sock))
         await servers[-1].start()
         dashboard.start()
+        freeze_heap()
         on_ready(url, servers[-1].url)
         await stop.wait()
     finally:

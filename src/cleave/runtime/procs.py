@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import os
 import signal
 import sys
@@ -12,7 +13,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["alive", "die_with_parent", "prepare", "run_main", "terminate"]
+__all__ = ["alive", "die_with_parent", "freeze_heap", "prepare", "run_main", "terminate"]
 
 T = TypeVar("T")
 
@@ -38,6 +39,20 @@ def die_with_parent() -> None:
     if _libc is not None:
         with contextlib.suppress(AttributeError):
             _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def freeze_heap() -> None:
+    """Collect once, then keep what is alive now out of every later collection.
+
+    What a process builds to start (modules, contracts, SQLAlchemy tables and
+    compiled statements, the ASGI app) lives as long as it does, and a full
+    collection walks all of it again: 75-80 ms with the shop in one process
+    on a 2-core machine, an order stalled that long every 15 s or so under
+    load. Frozen (``gc.freeze``), a full collection walks only what was made
+    since. Call it once the process is ready to serve.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def alive(pid: int) -> bool:

@@ -31,7 +31,7 @@ from cleave.app import LoadedApp, load
 from cleave.observability.tracing import tracer
 from cleave.runtime.admin import Health, admin_app
 from cleave.runtime.http import HttpServer
-from cleave.runtime.procs import die_with_parent, run_main
+from cleave.runtime.procs import die_with_parent, freeze_heap, run_main
 
 __all__ = ["main"]
 
@@ -114,6 +114,7 @@ async def _serve(
             sock = socket.socket(fileno=args.listen_fd) if args.listen_fd is not None else None
             http = HttpServer(asgi, plan.gateway.host, plan.gateway.port, sock=sock)
             await http.start()
+        freeze_heap()
         health.ready = True
         structlog.get_logger("cleave.worker").info(
             "worker ready", services=names or ["gateway"], version=version, pid=os.getpid()
