@@ -58,3 +58,24 @@ async def test_an_error_of_the_task_is_not_hidden() -> None:
     await asyncio.sleep(0)
     with pytest.raises(RuntimeError, match="cleanup failed"):
         await cancel_and_wait(task)
+
+
+async def test_it_works_in_the_cleanup_of_a_cancelled_task() -> None:
+    background = asyncio.create_task(asyncio.sleep(60))
+    cleaned = []
+
+    async def main() -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            await cancel_and_wait(background)  # cleanup while the cancel propagates
+            cleaned.append(True)
+            raise
+
+    task = asyncio.create_task(main())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cleaned == [True]
+    assert background.cancelled()
