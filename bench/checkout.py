@@ -152,32 +152,35 @@ class System(ABC):
             )
         )
 
+
+class Cleave(System):
+    """The shop, copied fresh, run by the ``cleave`` command of the placement."""
+
+    command = ""
+    start_timeout = 90.0
+
     def _copy_shop(self) -> Path:
         folder = self.tmp / "shop"
         shutil.copytree(SHOP, folder, ignore=shutil.ignore_patterns(".cleave", "__pycache__"))
         return folder
 
+    def start(self) -> None:
+        self.tmp.mkdir(parents=True)
+        shop = self._copy_shop()
+        self._spawn("-m", "cleave.cli", self.command, str(shop), "--port", str(self.port),
+                    "--admin-port", "0", cwd=shop)  # fmt: skip
+        _wait_for_orders(self.port, timeout=self.start_timeout)
 
-class Monolith(System):
+
+class Monolith(Cleave):
     name = "cleave-monolith"
-
-    def start(self) -> None:
-        self.tmp.mkdir(parents=True)
-        shop = self._copy_shop()
-        self._spawn("-m", "cleave.cli", "run", str(shop), "--port", str(self.port),
-                    "--admin-port", "0", cwd=shop)  # fmt: skip
-        _wait_for_orders(self.port)
+    command = "run"
 
 
-class Processes(System):
+class Processes(Cleave):
     name = "cleave-processes"
-
-    def start(self) -> None:
-        self.tmp.mkdir(parents=True)
-        shop = self._copy_shop()
-        self._spawn("-m", "cleave.cli", "up", str(shop), "--port", str(self.port),
-                    "--admin-port", "0", cwd=shop)  # fmt: skip
-        _wait_for_orders(self.port, timeout=180)
+    command = "up"
+    start_timeout = 180.0  # nine processes starting on two cores
 
 
 class FastAPI(System):

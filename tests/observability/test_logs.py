@@ -12,9 +12,19 @@ import pytest
 
 from conftest import SAMPLE, Run, Up, cli, wait_until
 
+
+def first_line(log: Path, **wanted: object) -> dict[str, object] | None:
+    """The first JSON line of ``log`` with every ``wanted`` field, if there is one yet."""
+    for raw in log.read_text().splitlines():
+        line: dict[str, object] = json.loads(raw)
+        if all(line.get(k) == v for k, v in wanted.items()):
+            return line
+    return None
+
+
 # In a process of its own: configuring structlog here would outlive the test.
 ONE_PROCESS = """
-import asyncio, sys
+import asyncio, contextlib, sys
 sys.path.insert(0, sys.argv[1])
 import sample_app
 from sample_app import Audit, Fail, Greet, Greeter, SetFailures
@@ -27,10 +37,8 @@ async def main() -> None:
         await h.client(Audit).set_failures(SetFailures(count=1))
         await h.client(Greeter).greet(Greet(name="gil"))
         await h.settle(timeout=15)
-        try:
+        with contextlib.suppress(cleave.RemoteError):
             await h.client(Greeter).fail(Fail(how="crash"))
-        except cleave.RemoteError:
-            pass
 
 configure(service="sample", json_lines=True)
 asyncio.run(main())
@@ -64,14 +72,8 @@ def test_logs_are_json_lines_with_ids_and_cleave_logs_merges_them(tmp_path: Path
         assert resp.status_code == 404
         trace_id = resp.headers["traceparent"].split("-")[1]
 
-        def gateway_line() -> dict[str, object] | None:
-            for raw in (tmp_path / "logs" / "gateway.0.log").read_text().splitlines():
-                line = json.loads(raw)
-                if line.get("event") == "request" and line.get("status") == 404:
-                    return line  # type: ignore[no-any-return]
-            return None
-
-        line = wait_until(gateway_line, timeout=10)
+        gateway_log = tmp_path / "logs" / "gateway.0.log"
+        line = wait_until(lambda: first_line(gateway_log, event="request", status=404), timeout=10)
         assert line["service"] == "gateway"
         assert line["replica"] == 0
         assert line["trace_id"] == trace_id
@@ -82,14 +84,8 @@ def test_logs_are_json_lines_with_ids_and_cleave_logs_merges_them(tmp_path: Path
         assert bug.status_code >= 500
         bug_trace = bug.headers["traceparent"].split("-")[1]
 
-        def failed_line() -> dict[str, object] | None:
-            for raw in (tmp_path / "logs" / "greeter.0.log").read_text().splitlines():
-                line = json.loads(raw)
-                if line.get("event") == "method failed":
-                    return line  # type: ignore[no-any-return]
-            return None
-
-        failed = wait_until(failed_line, timeout=10)
+        greeter_log = tmp_path / "logs" / "greeter.0.log"
+        failed = wait_until(lambda: first_line(greeter_log, event="method failed"), timeout=10)
         assert failed["service"] == "greeter"
         assert failed["trace_id"] == bug_trace
         assert "KeyError: 'secret-internal-detail'" in str(failed["exception"])

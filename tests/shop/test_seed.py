@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 
 import pytest
 
@@ -17,7 +18,7 @@ def _plain_seed_afterwards() -> object:
         importlib.reload(seed)
 
 
-def reload_with(monkeypatch: pytest.MonkeyPatch, value: str | None) -> object:
+def reload_with(monkeypatch: pytest.MonkeyPatch, value: str | None) -> ModuleType:
     if value is None:
         monkeypatch.delenv("SHOP_SEED_MULTIPLIER", raising=False)
     else:
@@ -29,11 +30,11 @@ def test_the_multiplier_scales_stock_and_balances_but_not_the_poor_account(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     plain = reload_with(monkeypatch, None)
-    stock = {p.sku: p.stock for p in plain.PRODUCTS}  # type: ignore[attr-defined]
-    balances = dict(plain.ACCOUNTS)  # type: ignore[attr-defined]
+    stock = {p.sku: p.stock for p in plain.PRODUCTS}
+    balances = dict(plain.ACCOUNTS)
     big = reload_with(monkeypatch, "10")
-    assert {p.sku: p.stock for p in big.PRODUCTS} == {k: v * 10 for k, v in stock.items()}  # type: ignore[attr-defined]
-    scaled = dict(big.ACCOUNTS)  # type: ignore[attr-defined]
+    assert {p.sku: p.stock for p in big.PRODUCTS} == {k: v * 10 for k, v in stock.items()}
+    scaled = dict(big.ACCOUNTS)
     assert scaled["acc-alice"] == balances["acc-alice"] * 10
     assert scaled["acc-poor"] == balances["acc-poor"]  # still cannot pay for anything
 

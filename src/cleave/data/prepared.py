@@ -66,7 +66,11 @@ class Prepared:
         found = self._compiled.get(key)
         if found is None:
             if dialect.paramstyle not in ("qmark", "numeric_dollar", "format"):
-                raise NotImplementedError(f"paramstyle {dialect.paramstyle} of {dialect.name}")
+                raise NotImplementedError(
+                    f"cleave.Prepared runs on drivers with the qmark, numeric_dollar or format "
+                    f"paramstyle (sqlite3, asyncpg, psycopg); {dialect.name} uses "
+                    f"{dialect.paramstyle}: use tx.execute for it"
+                )
             compiled = self.statement.compile(dialect=dialect)
             names = tuple(compiled.positiontup or ())
             for name, bind in compiled.binds.items():
