@@ -37,12 +37,40 @@ def test_the_breaker_opens_fails_fast_probes_and_closes() -> None:
     assert caught.value.ran is False
     assert 0 < (caught.value.retry_after or 0) <= 0.1
     time.sleep(0.12)
-    b.allow("b", "m")  # the probe
+    assert b.allow("b", "m") is True  # the probe
     assert b.state == "half_open"
     with pytest.raises(cleave.CircuitOpen, match="probes are busy"):
         b.allow("b", "m")
-    b.record(False)
+    b.record(False, probe=True)
     assert b.state == "closed"
+    assert b.allow("b", "m") is False  # closed: not a probe
+
+
+def test_a_probe_that_never_answers_frees_its_place() -> None:
+    b = CircuitBreaker("a->b", FAST)
+    for _ in range(4):
+        b.record(True)
+    time.sleep(0.12)
+    assert b.allow("b", "m")
+    # The router records a cancelled probe as a failure: the place goes back, it opens again.
+    b.record(True, probe=True)
+    assert (b.state, b.in_probe) == ("open", 0)
+    time.sleep(0.12)
+    assert b.allow("b", "m")
+    b.record(False, probe=True)
+    assert b.state == "closed"
+
+
+def test_outcomes_of_calls_let_through_before_it_opened_do_not_decide() -> None:
+    b = CircuitBreaker("a->b", FAST)
+    for _ in range(4):
+        b.record(True)
+    time.sleep(0.12)
+    assert b.allow("b", "m")
+    b.record(False)  # a call from before the breaker opened, finishing late
+    assert (b.state, b.in_probe) == ("half_open", 1)
+    b.record(True, probe=True)
+    assert b.state == "open"
 
 
 def test_a_failed_probe_opens_again() -> None:
@@ -51,7 +79,7 @@ def test_a_failed_probe_opens_again() -> None:
         b.record(True)
     time.sleep(0.12)
     b.allow("b", "m")
-    b.record(True)
+    b.record(True, probe=True)
     assert b.state == "open"
     assert b.opened == 2
 
@@ -94,11 +122,18 @@ def test_what_is_retried(exc: cleave.CallError, safe: bool, retry: bool) -> None
 
 
 def test_what_counts_against_the_circuit() -> None:
-    assert is_failure(cleave.DeadlineExceeded("x"))
-    assert is_failure(cleave.RemoteError("x"))
-    assert is_failure(cleave.Unavailable("x"))
-    assert not is_failure(cleave.NotFound("x"))
-    assert not is_failure(cleave.CircuitOpen("x"))
+    assert is_failure(cleave.DeadlineExceeded("x", service="b"), "b")
+    assert is_failure(cleave.RemoteError("x", service="b"), "b")
+    assert is_failure(cleave.Unavailable("x"), "b")
+    assert not is_failure(cleave.NotFound("x", service="b"), "b")
+    assert not is_failure(cleave.CircuitOpen("x", service="b"), "b")
+
+
+def test_what_a_callee_only_passed_on_does_not_count_against_it() -> None:
+    # b's own dependency c failed; b is fine.
+    assert not is_failure(cleave.Unavailable("x", service="c", ran=False), "b")
+    assert not is_failure(cleave.DeadlineExceeded("x", service="c"), "b")
+    assert not is_failure(cleave.RemoteError("x", service="c"), "b")
 
 
 def test_backoff_is_full_jitter_and_capped() -> None:

@@ -55,6 +55,7 @@ class Faults(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                 service=service,
                 method=method,
                 retry_after=1.0,
+                ran=False,  # refused before it ran, as a real overloaded service says
             )
         if self.latency:
             await asyncio.sleep(self.latency)

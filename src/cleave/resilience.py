@@ -31,12 +31,17 @@ Rules:
   bulkhead refused it, the callee refused it while draining). Backoff is
   exponential with full jitter. The request id stays the same.
 - **Circuit breaker** per (caller, callee service): failures are timeouts,
-  unavailability and remote crashes (typed service errors are answers, not
-  failures). Over ``breaker_window`` seconds, with at least
+  unavailability and remote crashes *of the callee itself* (typed service
+  errors are answers, not failures; an error the callee only passed on from
+  one of its own dependencies names that dependency and says nothing about
+  the callee, so a method whose dependency is down cannot shut off the
+  callee's other methods). Over ``breaker_window`` seconds, with at least
   ``breaker_min_calls`` calls and ``breaker_failure_rate`` failing, it opens:
   calls fail at once with :class:`~cleave.errors.CircuitOpen` for
   ``breaker_open_for`` seconds, then up to ``breaker_probes`` calls probe;
-  a success closes it, a failure opens it again.
+  a success closes it, a failure opens it again. A probe that never finishes
+  (cancelled by a gateway or saga timeout, or its caller's deadline) counts
+  as a failure and gives its place back, so a half-open breaker never sticks.
 - **Bulkhead** per (caller, callee service): more than ``bulkhead`` calls in
   flight and the next fails at once with :class:`~cleave.errors.BulkheadFull`,
   so one slow dependency cannot use up a service's memory and connections.
@@ -45,9 +50,10 @@ Rules:
   answers instead.
 
 In-process calls (the monolith, or services grouped in one worker) get the
-same breakers, bulkheads, retries and fallbacks, but no per-attempt timer:
-an asyncio timeout costs about 4.7 us, thirty times the call itself, and the
-caller's deadline (armed once at the edge) bounds them anyway.
+same breakers, bulkheads, retries, fallbacks and per-attempt ``timeout``, so
+a slow callee opens its breaker in the monolith as it does over the network.
+Their timer is a shared watchdog (:mod:`cleave.runtime.timers`), not an
+asyncio timeout per call: that costs about 4.7 us, thirty times the call.
 """
 
 from __future__ import annotations
@@ -147,10 +153,14 @@ class CircuitBreaker:
         self._calls = 0
         self._failures = 0
 
-    def allow(self, service: str, method: str) -> None:
-        """Let a call through, or raise :class:`CircuitOpen`."""
+    def allow(self, service: str, method: str) -> bool:
+        """Let a call through, or raise :class:`CircuitOpen`; True if the call is a probe.
+
+        A probe holds one of the half-open breaker's places until its outcome is
+        recorded with ``record(..., probe=True)``: whatever happens to the call.
+        """
         if self.state is CLOSED:
-            return
+            return False
         now = time.monotonic()
         if self.state is OPEN:
             left = self.opened_at + self.open_for - now
@@ -173,18 +183,25 @@ class CircuitBreaker:
                 ran=False,
             )
         self.in_probe += 1
+        return True
 
-    def record(self, failed: bool, now: float | None = None) -> None:
-        """Count a call; ``now`` (a ``perf_counter`` reading) saves a clock call."""
-        if self.state is not CLOSED:
+    def record(self, failed: bool, now: float | None = None, probe: bool = False) -> None:
+        """Count a call; ``now`` (a ``perf_counter`` reading) saves a clock call.
+
+        ``probe``: the call was let through half-open (``allow`` said so); its
+        outcome decides, and its place is given back.
+        """
+        if probe:
+            self.in_probe = max(0, self.in_probe - 1)
             if self.state is HALF_OPEN:
-                self.in_probe = max(0, self.in_probe - 1)
                 if failed:
                     self._open()
                 else:
                     self.state = CLOSED
                     self._reset()
             return
+        if self.state is not CLOSED:
+            return  # a call let through before the breaker opened: old news
         if now is None:
             now = time.perf_counter()
         if now - self._start >= 1.0:
@@ -279,11 +296,14 @@ class Policy:
         return random.uniform(0, min(self.backoff_max, self.backoff * 2 ** (attempt - 1)))
 
 
-def is_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` counts against the callee's circuit (answers do not)."""
+def is_failure(exc: BaseException, callee: str) -> bool:
+    """Whether ``exc``, from a call to ``callee``, counts against its circuit (answers do not)."""
     if isinstance(exc, CircuitOpen | BulkheadFull):
-        return False  # refused here; says nothing new about the callee
-    return isinstance(exc, Unavailable | DeadlineExceeded | RemoteError)
+        return False  # refused (here or by the callee); says nothing new about the callee
+    if not isinstance(exc, Unavailable | DeadlineExceeded | RemoteError):
+        return False
+    # An error the callee passed on from one of its own dependencies names that one.
+    return exc.service in ("", callee)
 
 
 def should_retry(exc: CallError, retry_safe: bool) -> bool:

@@ -7,10 +7,17 @@ here, so every placement behaves alike:
   so nested calls inherit its deadline and derive their request ids from it;
 - an error leaves as the caller will see it: typed if the contract (or
   Cleave) allow-lists its kind, else :class:`~cleave.errors.RemoteError`;
+- ``ran`` on an :class:`~cleave.errors.Unavailable` describes one hop: once
+  the method has begun, an ``Unavailable(ran=False)`` it passes on from its
+  own dependencies leaves as ``ran=None`` (unknown), because this method ran;
 - a method marked ``@cleave.idempotent`` runs in one transaction that also
   stores its result under the request id, so a retry returns the first
   result instead of acting twice (a different request under a reused id is
-  a :class:`~cleave.errors.Conflict`).
+  a :class:`~cleave.errors.Conflict`). Only deliberate outcomes are stored:
+  a result, or a :class:`~cleave.errors.ServiceError` the method raised on
+  purpose (its writes rolled back; the error kept in a transaction of its
+  own). A transient failure (unavailable, deadline, open circuit, a remote
+  crash, a bug) is not remembered, so a retry with the same id runs again.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from cleave.errors import (
     Conflict,
     ErrorInfo,
     RemoteError,
+    ServiceError,
+    Unavailable,
     from_info,
     to_info,
 )
@@ -56,6 +65,14 @@ _FIND = Prepared(
     )
 )
 _RECORD = Prepared(_t.insert().inline().values({c.name: sa.bindparam(c.name) for c in _t.c}))
+# A deliberate error is stored after its transaction rolled back: a concurrent
+# retry may have stored its own outcome first, and that one stands.
+_RECORD_ERROR = Prepared(
+    sa.text(
+        f"INSERT INTO {_t.name} ({', '.join(c.name for c in _t.c)}) "
+        f"VALUES ({', '.join(':' + c.name for c in _t.c)}) ON CONFLICT (request_id) DO NOTHING"
+    )
+)
 
 
 class Dispatcher:
@@ -101,11 +118,13 @@ class Dispatcher:
             started = perf_counter()
         ctx.service = self.name
         token = _current.set(ctx)
+        began = False
         try:
             if self.faults is not None:
                 await self.faults.apply(method.name, ctx, self.name)
             if self.strict:
                 request = from_msgpack(to_msgpack(request), method.request)
+            began = True
             if method.store_result and self.db is not None:
                 result = await self._idempotent(method, request, ctx)
             else:
@@ -123,6 +142,10 @@ class Dispatcher:
                 # service's log keeps the traceback.
                 log.error("method failed", method=method.qualname, exc_info=exc)
             seen = self.as_seen_by_caller(exc, method)
+            if began and isinstance(seen, Unavailable) and seen.service != self.name:
+                # "Provably did not run" was true of a call this method made, not of
+                # this method, which ran: a caller must not take it as safe to retry.
+                seen.ran = None
             if stats is not None:
                 stats.record(perf_counter() - started, seen.kind)
             if span is not None:
@@ -153,34 +176,33 @@ class Dispatcher:
         return to_info(exc, service=self.name, method=method.name)
 
     async def _idempotent(self, method: MethodSpec, request: Message, ctx: CallContext) -> Message:
+        """Run ``method`` once per request id; replay its deliberate outcome on a retry."""
         assert self.db is not None
-        fingerprint = hashlib.blake2b(to_msgpack(request), digest_size=16).hexdigest()
-        async with self.db.transaction() as tx:
-            row = await tx.fetch_one(_FIND, {"request_id": ctx.request_id})
-            if row is not None:
-                return self._replay(method, ctx, fingerprint, row)
-            try:
-                result = await self.bound[method.name](request)
-                is_error, payload = 0, to_msgpack(result)
-            except CallError as exc:
-                # A deliberate, typed outcome is a result too: replay it on retry.
-                # Anything else rolls back, so a retry runs the method again.
-                result = exc
-                is_error, payload = 1, to_msgpack(self.error_info(exc, method))
-            await tx.run(
-                _RECORD,
-                {
-                    "request_id": ctx.request_id,
-                    "method": method.qualname,
-                    "fingerprint": fingerprint,
-                    "is_error": is_error,
-                    "result": payload,
-                    "created_at": time.time(),
-                },
+        record: dict[str, Any] = {
+            "request_id": ctx.request_id,
+            "method": method.qualname,
+            "fingerprint": hashlib.blake2b(to_msgpack(request), digest_size=16).hexdigest(),
+        }
+        try:
+            async with self.db.transaction() as tx:
+                stored = await tx.fetch_one(_FIND, {"request_id": ctx.request_id})
+                if stored is None:
+                    result: Message = await self.bound[method.name](request)
+                    record.update(is_error=0, result=to_msgpack(result), created_at=time.time())
+                    await tx.run(_RECORD, record)
+        except ServiceError as exc:
+            # Only the method raises these here. An answer given on purpose: its writes
+            # rolled back with the transaction, as without the decorator; the answer is
+            # kept in a transaction of its own, so a retry gets it again.
+            record.update(
+                is_error=1, result=to_msgpack(self.error_info(exc, method)), created_at=time.time()
             )
-        if isinstance(result, BaseException):
-            raise result
-        return result  # type: ignore[no-any-return]
+            async with self.db.transaction() as tx:
+                await tx.run(_RECORD_ERROR, record)
+            raise
+        if stored is not None:
+            return self._replay(method, ctx, record["fingerprint"], stored)
+        return result
 
     def _replay(self, method: MethodSpec, ctx: CallContext, fingerprint: str, row: Any) -> Message:
         stored_method, stored_fp, is_error, payload = row

@@ -10,8 +10,10 @@ await when the callee runs in this process, the remote transport otherwise.
 The caller cannot tell which, except by speed.
 
 This is the hottest path of the monolith, so it avoids allocation and
-indirection it does not need: no timer is armed for an in-process call unless
-its deadline is tighter than the one its caller already runs under.
+indirection it does not need: an in-process attempt is bounded by its
+policy's timeout through a shared watchdog (:mod:`cleave.runtime.timers`),
+and an asyncio timer is armed only when the call's deadline is tighter than
+the one its caller already runs under.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from cleave.resilience import (
     is_failure,
     should_retry,
 )
+from cleave.runtime.timers import Watchdog
 
 if TYPE_CHECKING:
     from cleave.contracts import ContractSpec, MethodSpec
@@ -77,6 +80,8 @@ class Router:
         self.bulkheads: dict[tuple[str, str], Bulkhead] = {}
         #: Calls made, by (caller, "service.method").
         self.stats: dict[tuple[str, str], CallStats] = {}
+        #: Bounds in-process attempts by their policy's timeout.
+        self.watchdog = Watchdog()
 
     def policy(self, caller: str, method: MethodSpec, fallback: Any = None) -> Policy:
         """The policy of ``caller`` calling ``method``; breakers are shared per service."""
@@ -146,28 +151,40 @@ class Router:
         started = perf_counter()
         bulkhead = policy.bulkhead
         breaker = policy.breaker
+        target = method.contract.name
         entered = None  # the bulkhead this call holds a place in
+        probe = False  # whether this call holds one of a half-open breaker's places
         try:
             if bulkhead is not None:
                 if bulkhead.active >= bulkhead.limit:
-                    bulkhead.enter(method.contract.name, method.name)  # refuses, with the why
+                    bulkhead.enter(target, method.name)  # refuses, with the why
                 bulkhead.active += 1
                 entered = bulkhead
             if breaker is not None and breaker.state is not CLOSED:
-                breaker.allow(method.contract.name, method.name)
-            dispatcher = self.local.get(method.contract.name)
+                probe = breaker.allow(target, method.name)
+            dispatcher = self.local.get(target)
             try:
                 if dispatcher is not None and not armed:
                     # In-process: the caller's side counts the call for both.
-                    result = await dispatcher.invoke(method, request, ctx, counted=True)
+                    result = await self._local(
+                        dispatcher, method, request, ctx, policy.timeout, True
+                    )
                 else:
                     result = await self._attempt(method, request, ctx, armed, policy.timeout)
             except CallError as exc:
+                if breaker is not None:
+                    breaker.record(is_failure(exc, target), probe=probe)
+                probe = False
                 result = await self._recover(method, request, ctx, armed, policy, exc)
             else:
                 if breaker is not None:
-                    breaker.record(False, started)
+                    breaker.record(False, started, probe)
+                probe = False
         except BaseException as exc:
+            if probe and breaker is not None:
+                # Cancelled or crashed before its outcome was known: a probe that never
+                # answered is a failed one, and its place goes back.
+                breaker.record(True, probe=True)
             outcome = exc.kind if isinstance(exc, CallError) else type(exc).__name__
             stats.record(perf_counter() - started, outcome)
             if span is not None:
@@ -194,10 +211,9 @@ class Router:
     ) -> Message:
         """After a failed first attempt: retry while it is safe and time allows, else fall back."""
         breaker = policy.breaker
+        target = method.contract.name
         attempt = 1
         while True:
-            if breaker is not None:
-                breaker.record(is_failure(exc))
             if attempt > policy.retries or not should_retry(exc, method.retry_safe):
                 return await _fall_back(policy, request, exc)
             pause = policy.delay(attempt)
@@ -207,18 +223,25 @@ class Router:
             attempt += 1
             # The same call again: same id, same deadline, a fresh count for its children.
             ctx = CallContext(ctx.deadline, ctx.request_id, ctx.caller, ctx.traceparent)
+            probe = False
             try:
                 if breaker is not None:
-                    breaker.allow(method.contract.name, method.name)
+                    probe = breaker.allow(target, method.name)
             except Unavailable as refused:
                 return await _fall_back(policy, request, refused)
             try:
                 result = await self._attempt(method, request, ctx, armed, policy.timeout)
             except CallError as again:
+                if breaker is not None:
+                    breaker.record(is_failure(again, target), probe=probe)
                 exc = again
                 continue
+            except BaseException:
+                if probe and breaker is not None:
+                    breaker.record(True, probe=True)
+                raise
             if breaker is not None:
-                breaker.record(False)
+                breaker.record(False, probe=probe)
             return result
 
     async def _attempt(
@@ -232,8 +255,14 @@ class Router:
         dispatcher = self.local.get(method.contract.name)
         if dispatcher is not None:
             if not armed:
-                return await dispatcher.invoke(method, request, ctx)
-            return await _with_deadline(dispatcher.invoke(method, request, ctx), ctx, method)
+                if attempt_timeout is None:
+                    return await dispatcher.invoke(method, request, ctx)
+                return await self._local(dispatcher, method, request, ctx, attempt_timeout)
+            call = dispatcher.invoke(method, request, ctx)
+            if attempt_timeout is not None and time.time() + attempt_timeout < ctx.deadline:
+                limit = f"within its attempt timeout of {attempt_timeout:g}s"
+                return await _with_deadline(call, time.time() + attempt_timeout, method, limit)
+            return await _with_deadline(call, ctx.deadline, method, "before its deadline")
         if self.remote is None:
             raise Unavailable(
                 f"{method.contract.name} does not run in this process and there is no remote "
@@ -248,6 +277,35 @@ class Router:
             )
         return await self.remote.call(method, request, ctx)
 
+    async def _local(
+        self,
+        dispatcher: Dispatcher,
+        method: MethodSpec,
+        request: Message,
+        ctx: CallContext,
+        timeout: float,
+        counted: bool = False,
+    ) -> Message:
+        """An in-process attempt, bounded by ``timeout`` as a remote one would be."""
+        timer = self.watchdog.arm(timeout)
+        try:
+            result = await dispatcher.invoke(method, request, ctx, counted)
+        except asyncio.CancelledError:
+            if not timer.fired:
+                raise  # not ours: the caller, or the process, is giving up
+            timer.uncancel()
+            raise DeadlineExceeded(
+                f"{method.qualname} did not answer within its attempt timeout of {timeout:g}s; "
+                "it may still have run",
+                service=method.contract.name,
+                method=method.name,
+            ) from None
+        finally:
+            self.watchdog.disarm(timer)
+        if timer.fired:
+            timer.uncancel()  # the callee swallowed the cancel and answered anyway
+        return result
+
 
 async def _fall_back(policy: Policy, request: Message, exc: CallError) -> Message:
     """The fallback's answer to a call that could not be made, else the error."""
@@ -258,15 +316,15 @@ async def _fall_back(policy: Policy, request: Message, exc: CallError) -> Messag
 
 
 async def _with_deadline(
-    call: Coroutine[Any, Any, Message], ctx: CallContext, method: MethodSpec
+    call: Coroutine[Any, Any, Message], deadline: float, method: MethodSpec, limit: str
 ) -> Message:
     loop = asyncio.get_running_loop()
     try:
-        async with asyncio.timeout_at(loop.time() + (ctx.deadline - time.time())):
+        async with asyncio.timeout_at(loop.time() + (deadline - time.time())):
             return await call
     except TimeoutError:
         raise DeadlineExceeded(
-            f"{method.qualname} did not answer before its deadline; it may still have run",
+            f"{method.qualname} did not answer {limit}; it may still have run",
             service=method.contract.name,
             method=method.name,
         ) from None
