@@ -1,6 +1,6 @@
 """Run every benchmark, then write bench/results/<date>.json and docs/benchmarks.md with plots.
 
-Usage: python -m bench [--quick] [--only remote,colocated,events,checkout,profile]
+Usage: python -m bench [--quick] [--only remote,colocated,events,durability,checkout,profile]
 
 ``--quick`` runs each measurement once and briefly: a smoke test of the
 suite, not figures to quote. ``make bench`` is the full run (under ten
@@ -22,11 +22,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import checkout, colocated, events, profile, remote
+from bench import checkout, colocated, durability, events, profile, remote
 from bench.common import ROOT
 from bench.report import write_report
 
-PARTS = ("remote", "colocated", "events", "checkout", "profile")
+PARTS = ("remote", "colocated", "events", "durability", "checkout", "profile")
 
 
 def _machine() -> dict[str, Any]:
@@ -84,6 +84,8 @@ def main(argv: list[str]) -> None:
                 results[part] = events.run(
                     tmp / part, runs=runs, count=2000 if args.quick else 10_000
                 )
+            elif part == "durability":
+                results[part] = durability.run(tmp / part, runs=runs, seconds=seconds)
             elif part == "checkout":
                 results[part] = checkout.run(tmp / part, runs=runs, seconds=seconds)
             elif part == "profile":

@@ -241,6 +241,21 @@ def render(r: dict[str, Any], images: list[str]) -> str:
             ["system", "events/s", "p50 ms", "p99 ms", "consumer CPU s"],
             [[k, f"{v['per_second']:,.0f}", f"{v['p50_ms']:.1f}", f"{v['p99_ms']:.1f}",
               f"{v['consumer_cpu_s']:.2f}"] for k, v in r["events"].items()]), ""]  # fmt: skip
+    if "durability" in r:
+        d = r["durability"]
+        rows = [[mode, w, f"{v['per_second']:,.0f}", f"{v['p50_us']:,.0f}", f"{v['p99_us']:,.0f}"]
+                for mode, by in d["commits"].items() for w, v in by.items()]  # fmt: skip
+        out += ["## 3b. Durable commits: SQLite write transactions (medians)", "",
+                "`normal`: no sync (survives a killed process, not a power cut); `full`: "
+                "SQLite's own `synchronous=FULL` (a sync inside every commit, on the loop's "
+                "thread); `group`: Cleave's default, one sync of the log shared by the commits "
+                "around it, in a worker thread.", "",
+                _table(["mode", "writers", "commits/s", "p50 us", "p99 us"], rows), ""]  # fmt: skip
+        sp = {k: v for k, v in d["savepoints"].items() if isinstance(v, dict)}
+        if sp:
+            out += ["A nested `transaction()` (a SAVEPOINT) adds " + ", ".join(
+                f"{v['savepoint_us']:.0f} us on {k}" for k, v in sp.items())
+                + " to a transaction.", ""]  # fmt: skip
     if "checkout" in r:
         out += ["## 4. Checkout at fixed open-loop rates (medians)", "",
                 f"A rate is sustained when every order is answered 2xx, p99 stays within "

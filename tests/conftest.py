@@ -52,6 +52,27 @@ async def nc(nats_url: str) -> AsyncIterator[object]:
         await conn.close()
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """The URL of one database for several replicas: a SQLite file, or a new PostgreSQL one."""
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from cleave.data.database import default_url
+
+    if request.param == "sqlite":
+        yield default_url(tmp_path, "shared")
+        return
+    name = f"cleave_shared_{os.urandom(4).hex()}"
+    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    admin = create_async_engine(
+        "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT"
+    )
+    async with admin.connect() as conn:
+        await conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    await admin.dispose()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.environ.get("CLEAVE_REQUIRE_POSTGRES"):
         return

@@ -14,6 +14,10 @@
     cleave db revision SERVICE [APP] -m MSG   a new schema migration, from the metadata
     cleave db upgrade [APP] [SERVICE]         migrate databases to the newest revision
     cleave db current [APP]                   the revision of every service's database
+    cleave dlq list [APP] [--service S]       dead letters: events consumers gave up on
+    cleave dlq show ID [APP]                  one dead letter: its event, headers, error
+    cleave dlq replay ID... | --all           handle them again, through the inbox (--app APP)
+    cleave dlq purge ID... | --all            delete them for good (--app APP)
 
 APP is the app's folder (holding cleave.toml); left out, the current folder
 or the nearest one above it with a cleave.toml.
@@ -25,15 +29,21 @@ import asyncio
 import contextlib
 import json
 import sys
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cleave.app import LoadedApp, load
 from cleave.errors import CleaveError
+
+if TYPE_CHECKING:
+    from cleave.runtime.dlq import AppDeadLetters
 
 app = typer.Typer(
     name="cleave",
@@ -204,17 +214,27 @@ def status(
         sys.stdout.write(json.dumps(workers, indent=2) + "\n")
         return
     table = Table(title=f"{loaded.app.name}: status", title_justify="left")
-    for col in ("worker", "outbox", "sagas running", "consumers (pending / dead letters)"):
+    for col in ("worker", "outbox", "sagas running (stuck)", "consumers (pending / dead letters)"):
         table.add_column(col)
     for label, st in workers.items():
         if "error" in st:
             table.add_row(label, f"[red]{st['error']}[/]", "", "")
             continue
         outbox = ", ".join(f"{k}: {v}" for k, v in st["outbox"].items()) or "-"
-        sagas = ", ".join(f"{k}: {v}" for k, v in st["sagas"].items()) or "-"
+        stuck = st.get("sagas_stuck", {})
+        sagas = (
+            ", ".join(
+                # A stuck saga waits for an operator (see its error log line): shown in red.
+                f"{k}: {v}" + (f" [red]({stuck[k]} stuck)[/]" if stuck.get(k) else "")
+                for k, v in st["sagas"].items()
+            )
+            or "-"
+        )
         consumers = (
             ", ".join(
-                f"{k}: {v['pending']}/{v['dead_lettered']}" for k, v in st["consumers"].items()
+                # Dead letters kept now (`cleave dlq list`), not only those of this run.
+                f"{k}: {v['pending']}/{v.get('dead_letters', v['dead_lettered'])}"
+                for k, v in st["consumers"].items()
             )
             or "-"
         )
@@ -433,6 +453,170 @@ def db_current(path: AppArg = None, state_dir: StateOpt = None) -> None:
         color = "green" if rev == newest else "yellow"
         table.add_row(name, url, f"[{color}]{rev}[/]", newest)
     console.print(table)
+
+
+dlq = typer.Typer(
+    help="Dead letters: events a consumer gave up on, kept in its service's own database.",
+    no_args_is_help=True,
+)
+app.add_typer(dlq, name="dlq")
+
+ServiceOpt = Annotated[
+    str | None, typer.Option("--service", "-s", help="Only this service's dead letters.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+AppOpt = Annotated[str | None, typer.Option("--app", help="The app's folder.")]
+IdsArg = Annotated[
+    list[str] | None, typer.Argument(help="Ids of dead letters (`cleave dlq list` shows them).")
+]
+AllOpt = Annotated[bool, typer.Option("--all", help="Every dead letter (of --service).")]
+T = TypeVar("T")
+
+
+def _with_letters(loaded: LoadedApp, work: Callable[[AppDeadLetters], Awaitable[T]]) -> T:
+    """Run ``work`` on the app's dead letters, running or not; bad input is a one-line error."""
+    import logging
+
+    from cleave.runtime.dlq import AppDeadLetters
+    from cleave.runtime.logs import configure
+
+    # Only warnings, on stderr: stdout is for the answer (JSON with --json).
+    configure(service="cleave-dlq", json_lines=False, level=logging.WARNING)
+
+    async def go() -> T:
+        async with AppDeadLetters.open(loaded) as letters:
+            return await work(letters)
+
+    try:
+        return asyncio.run(go())
+    except CleaveError as exc:
+        _fail(str(exc), 2)
+        raise AssertionError from None  # unreachable: _fail exits
+
+
+def _chosen(ids: list[str] | None, every: bool, verb: str) -> list[str] | None:
+    if bool(ids) == every:
+        _fail(
+            f"say which dead letters to {verb}: their ids (`cleave dlq list` shows them), "
+            "or --all (with --service S for one service's)",
+            2,
+        )
+    return None if every else ids
+
+
+@dlq.command("list")
+def dlq_list(
+    path: AppArg = None,
+    service: ServiceOpt = None,
+    as_json: JsonOpt = False,
+    state_dir: StateOpt = None,
+) -> None:
+    """List the dead letters of every service (or one), oldest failure first."""
+    loaded = _load(path, state_dir)
+    found = _with_letters(loaded, lambda letters: letters.letters(service))
+    if as_json:
+        sys.stdout.write(json.dumps([d.describe() for d in found], indent=2) + "\n")
+        return
+    if not found:
+        console.print(f"{loaded.app.name}: no dead letters")
+        return
+    table = Table(title=f"{loaded.app.name}: {len(found)} dead letter(s)", title_justify="left")
+    for col in ("id", "consumer", "event id", "attempts", "failed", "error"):
+        # Ids whole, to copy: the error is the column that gives way.
+        table.add_column(
+            col, justify="right" if col == "attempts" else "left", no_wrap=col != "error"
+        )
+    for d in found:
+        failed = _uptime(time.time() - d.failed_at) + " ago"
+        if d.replay_requested_at is not None:
+            failed += " [yellow](replay requested)[/]"
+        error = d.error.splitlines()[0] if d.error else ""
+        table.add_row(d.id, d.consumer, d.event_id, str(d.attempts), failed, escape(error[:80]))
+    console.print(table)
+    console.print("`cleave dlq show ID` shows one; `cleave dlq replay ID` (or --all) retries them")
+
+
+@dlq.command("show")
+def dlq_show(
+    letter_id: Annotated[str, typer.Argument(help="The dead letter's id.")],
+    path: AppArg = None,
+    as_json: JsonOpt = False,
+    state_dir: StateOpt = None,
+) -> None:
+    """Show one dead letter: its event, its headers and why it failed."""
+    loaded = _load(path, state_dir)
+    letter = _with_letters(loaded, lambda letters: letters.get(letter_id))
+    data = letter.describe()
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        return
+    for key in ("id", "service", "consumer", "event_id", "subject", "attempts"):
+        console.print(f"[bold]{key}:[/] {escape(str(data[key]))}", highlight=False)
+    for key in ("created_at", "failed_at", "replay_requested_at"):
+        if data[key] is not None:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(data[key]))
+            console.print(f"[bold]{key}:[/] {when}", highlight=False)
+    console.print("[bold]error:[/]", escape(letter.error), soft_wrap=True, highlight=False)
+    console.print("[bold]payload:[/]", escape(json.dumps(data["payload"], indent=2)))
+    console.print("[bold]headers:[/]", escape(json.dumps(data["headers"], indent=2)))
+
+
+@dlq.command("replay")
+def dlq_replay(
+    ids: IdsArg = None,
+    every: AllOpt = False,
+    service: ServiceOpt = None,
+    path: AppOpt = None,
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for the running app to replay them.")
+    ] = 10.0,
+    state_dir: StateOpt = None,
+) -> None:
+    """Handle dead letters again, through the consumer's inbox: applied once at most.
+
+    The running app (`cleave run` or `cleave up`) replays them within a second;
+    with the app stopped, they are replayed when it starts.
+    """
+    chosen = _chosen(ids, every, "replay")
+    loaded = _load(path, state_dir)
+    done = _with_letters(loaded, lambda letters: letters.replay(chosen, service=service, wait=wait))
+    if not done:
+        console.print("no dead letters to replay")
+        return
+    for r in done:
+        head = f"{r.id} {r.consumer}:"
+        if r.outcome == "replayed":
+            console.print(f"{head} [green]replayed[/]", highlight=False)
+        elif r.outcome == "failed":
+            console.print(
+                f"{head} [red]failed again[/] ({escape(r.error)}); the letter stays: fix the "
+                "handler, then replay it again",
+                soft_wrap=True,
+                highlight=False,
+            )
+        else:
+            console.print(
+                f"{head} [yellow]requested[/]: no running {r.service} took it within {wait:g}s; "
+                f"it is replayed when {r.service} runs",
+                highlight=False,
+            )
+    if any(r.outcome == "failed" for r in done):
+        raise typer.Exit(1)
+
+
+@dlq.command("purge")
+def dlq_purge(
+    ids: IdsArg = None,
+    every: AllOpt = False,
+    service: ServiceOpt = None,
+    path: AppOpt = None,
+    state_dir: StateOpt = None,
+) -> None:
+    """Delete dead letters for good (the janitor deletes old ones by itself)."""
+    chosen = _chosen(ids, every, "purge")
+    loaded = _load(path, state_dir)
+    gone = _with_letters(loaded, lambda letters: letters.purge(chosen, service=service))
+    console.print(f"{loaded.app.name}: purged {len(gone)} dead letter(s)")
 
 
 def _uptime(seconds: float | None) -> str:

@@ -20,6 +20,13 @@ plan, with the defaults::
     [database]                    # every service's database, unless its own section says
     url = ""                      # e.g. "postgresql+asyncpg://u@host/shop_{service}"; empty: SQLite
                                   # files in .cleave/data (CLEAVE_DATABASE_URL overrides it)
+    synchronous = "full"          # SQLite: a commit returns once it is on disk (group commit);
+                                  # "normal": faster, survives a killed process, not a power cut
+
+    [events]
+    retention_days = 7.0          # how long streams keep events (JetStream's max_age); inboxes
+                                  # remember handled events a day longer, to spot duplicates
+    dead_letter_days = 30.0       # how long dead letters are kept (see `cleave dlq`), then deleted
 
     [nats]
     url = ""                      # an external NATS server; empty: start an embedded one
@@ -53,6 +60,10 @@ plan, with the defaults::
     [services.orders.calls.billing]          # how orders calls billing (resilience overrides)
     timeout = 1.0
 
+    [services.audit.subscriptions.record-greeting]   # a subscription by identity (its name=),
+    takeover = "on-greeted"       # after a rename: continue where consumer on-greeted stopped,
+    # replay = true               # or handle every event the stream keeps again (one of the two)
+
 Unknown keys are errors that name the key, so a typo never passes silently.
 """
 
@@ -66,12 +77,14 @@ from typing import Annotated, TypeVar
 
 import msgspec
 
+from cleave.data.durability import check_synchronous
 from cleave.errors import ConfigError
 from cleave.resilience import ResilienceOverride, ResilienceSettings
 
 __all__ = [
     "AppSettings",
     "DatabaseSettings",
+    "EventsSettings",
     "GatewaySettings",
     "HealthSettings",
     "NatsSettings",
@@ -79,6 +92,7 @@ __all__ = [
     "Plan",
     "RuntimeSettings",
     "ServiceSettings",
+    "SubscriptionSettings",
     "load_plan",
 ]
 
@@ -108,6 +122,15 @@ class GatewaySettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields
     calls: dict[str, ResilienceOverride] = {}
 
 
+#: Days, up to ten years: a retention setting.
+Days = Annotated[float, msgspec.Meta(gt=0, le=3650)]
+
+
+class EventsSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    retention_days: Days = 7.0
+    dead_letter_days: Days = 30.0
+
+
 class NatsSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     url: str = ""
     binary: str = ""
@@ -131,12 +154,34 @@ class HealthSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=
 
 class DatabaseSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     url: str = ""
+    synchronous: str = "full"
+
+    def __post_init__(self) -> None:
+        check_synchronous(self.synchronous)
+
+
+class SubscriptionSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a renamed subscription does (see :func:`cleave.subscribe`); wins over the code."""
+
+    #: The identity it had before: continue from that consumer's position and inbox.
+    takeover: Annotated[str, msgspec.Meta(pattern=r"^([A-Za-z0-9_-]{1,64})?$")] = ""
+    #: Handle every event the stream keeps again, under the new identity.
+    replay: bool = False
+
+    def __post_init__(self) -> None:
+        if self.takeover and self.replay:
+            raise ValueError(
+                "takeover continues from the old consumer's position, replay handles every "
+                "kept event again: set one of them"
+            )
 
 
 class ServiceSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     replicas: Annotated[int, msgspec.Meta(ge=0, le=64)] = 1
     database: str = ""
     calls: dict[str, ResilienceOverride] = {}
+    #: By subscription identity.
+    subscriptions: dict[str, SubscriptionSettings] = {}
 
 
 class Plan(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -145,6 +190,7 @@ class Plan(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     app: AppSettings = AppSettings()
     runtime: RuntimeSettings = RuntimeSettings()
     gateway: GatewaySettings = GatewaySettings()
+    events: EventsSettings = EventsSettings()
     nats: NatsSettings = NatsSettings()
     database: DatabaseSettings = DatabaseSettings()
     resilience: ResilienceSettings = ResilienceSettings()
@@ -265,7 +311,7 @@ def load_plan(root: Path) -> Plan:
     database_url = os.environ.get("CLEAVE_DATABASE_URL") or _expand(
         plan.database.url, "[database] url"
     )
-    database = DatabaseSettings(url=database_url)
+    database = msgspec.structs.replace(plan.database, url=database_url)
     app = plan.app if plan.app.name else msgspec.structs.replace(plan.app, name=_default_name(root))
     return msgspec.structs.replace(plan, services=services, nats=nats, app=app, database=database)
 

@@ -59,12 +59,12 @@ asyncio timeout per call: that costs about 4.7 us, thirty times the call.
 from __future__ import annotations
 
 import collections
-import random
 import time
 from typing import Annotated, Any
 
 import msgspec
 
+from cleave._backoff import backoff
 from cleave.errors import (
     BulkheadFull,
     CallError,
@@ -293,7 +293,7 @@ class Policy:
 
     def delay(self, attempt: int) -> float:
         """Full jitter: a random wait up to the exponential backoff of ``attempt``."""
-        return random.uniform(0, min(self.backoff_max, self.backoff * 2 ** (attempt - 1)))
+        return backoff(attempt, base=self.backoff, cap=self.backoff_max, jitter=1.0)
 
 
 def is_failure(exc: BaseException, callee: str) -> bool:

@@ -26,6 +26,7 @@ collected once into a :class:`ServiceSpec`.
 from __future__ import annotations
 
 import inspect
+import re
 import typing
 from collections.abc import Callable
 from typing import Any, ClassVar, Generic, TypeVar, overload
@@ -102,39 +103,108 @@ def use(contract: Callable[..., T], *, fallback: Any = None) -> Use[T]:
     return Use(contract, fallback)
 
 
-def subscribe(event: type[Event], *, source: Any = None) -> Callable[[F], F]:
+#: A subscription's identity: it names a durable NATS consumer (no whitespace,
+#: ``.``, ``*``, ``>`` or slashes there) and the service's inbox rows.
+_IDENTITY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def subscribe(
+    event: type[Event],
+    *,
+    source: Any = None,
+    name: str | None = None,
+    takeover: str | None = None,
+    replay: bool = False,
+) -> Callable[[F], F]:
     """Mark ``async def handler(self, event)`` as the consumer of ``event``.
 
     ``source`` names the publishing contract when more than one in the app
     declares the same event type. The function is returned unchanged.
+
+    ``name`` is the subscription's identity: its durable consumer is
+    ``<service>-<name>`` and its inbox remembers handled events under that
+    name. It defaults to the handler's name with ``_`` as ``-``, so renaming
+    the method changes it; declare it to rename freely::
+
+        @cleave.subscribe(ShipmentCreated, name="on-shipped")
+        async def record_shipment(self, event: ShipmentCreated) -> None: ...
+
+    When the identity changes while the old consumer still exists, the service
+    refuses to start until you choose: ``takeover="<old name>"`` continues from
+    where the old consumer stopped (its position and inbox move to the new
+    identity; the old consumer is deleted), ``replay=True`` handles every
+    event the stream still keeps again. ``[services.<service>.subscriptions.
+    <name>]`` in cleave.toml can say the same (see :mod:`cleave.config`).
+    Either is done once, at the first start after the rename; left in the
+    code afterwards it changes nothing.
     """
     if not (isinstance(event, type) and issubclass(event, Event)) or event is Event:
         raise DefinitionError(f"cleave.subscribe() takes an Event subclass, got {event!r}")
     source_spec = spec_of(source) if source is not None else None
+    for what, value in (("name", name), ("takeover", takeover)):
+        if value is not None:
+            _check_identity(value, f"cleave.subscribe({event.__name__}, {what}=...)")
+    if takeover is not None and replay:
+        raise DefinitionError(
+            f"cleave.subscribe({event.__name__}): takeover={takeover!r} continues from the old "
+            "consumer's position, replay=True handles every retained event again; choose one"
+        )
+    if takeover is not None and takeover == name:
+        raise DefinitionError(
+            f"cleave.subscribe({event.__name__}, name={name!r}, takeover={takeover!r}): a "
+            "subscription cannot take over itself; takeover names the identity it had before"
+        )
 
     def mark(fn: F) -> F:
         if not inspect.iscoroutinefunction(fn):
             raise DefinitionError(
                 f"{fn.__qualname__}: event handlers must be `async def handler(self, event)`"
             )
-        setattr(fn, _SUBSCRIBE_ATTR, (event, source_spec))
+        setattr(fn, _SUBSCRIBE_ATTR, (event, source_spec, name, takeover or "", replay))
         return fn
 
     return mark
 
 
+def _check_identity(value: object, where: str) -> str:
+    """``value`` if it can be a subscription's identity, else a DefinitionError from ``where``."""
+    if not isinstance(value, str) or not _IDENTITY.match(value):
+        raise DefinitionError(
+            f"{where}: {value!r} cannot name a subscription: use 1 to 64 letters, digits, "
+            "'-' or '_' (it names a durable NATS consumer and the inbox key, where whitespace, "
+            "'.', '*', '>' and slashes are not allowed), e.g. 'on-shipped'"
+        )
+    return value
+
+
 class Subscription:
-    """One event handler of a service."""
+    """One event handler of a service.
 
-    __slots__ = ("attr", "event", "source")
+    ``name`` is its identity (see :func:`subscribe`); ``takeover`` and
+    ``replay`` say what to do when it changed ("" and False: nothing said).
+    """
 
-    def __init__(self, attr: str, event: type[Event], source: ContractSpec | None) -> None:
+    __slots__ = ("attr", "event", "name", "replay", "source", "takeover")
+
+    def __init__(
+        self,
+        attr: str,
+        event: type[Event],
+        source: ContractSpec | None,
+        name: str | None = None,
+        takeover: str = "",
+        replay: bool = False,
+    ) -> None:
         self.attr = attr
         self.event = event
         self.source = source
+        # Today's consumers were named after the handler: the default keeps them.
+        self.name = name or attr.replace("_", "-")
+        self.takeover = takeover
+        self.replay = replay
 
     def __repr__(self) -> str:
-        return f"<subscription {self.attr} <- {self.event.__name__}>"
+        return f"<subscription {self.name} ({self.attr}) <- {self.event.__name__}>"
 
 
 class ServiceSpec:
@@ -210,7 +280,8 @@ def _collect(cls: type[Service], contract: ContractSpec) -> ServiceSpec:
 
     dependencies: dict[str, ContractSpec] = {}
     fallbacks: dict[str, Any] = {}
-    subscriptions: list[Subscription] = []
+    # By attribute: a subclass that re-declares a handler replaces its subscription.
+    subscriptions: dict[str, Subscription] = {}
     databases: list[str] = []
     sagas: dict[str, Saga[Any]] = {}
     for klass in reversed(cls.__mro__):
@@ -225,7 +296,7 @@ def _collect(cls: type[Service], contract: ContractSpec) -> ServiceSpec:
                 sagas[attr] = value
             mark = getattr(value, _SUBSCRIBE_ATTR, None)
             if mark is not None:
-                subscriptions.append(Subscription(attr, *mark))
+                subscriptions[attr] = Subscription(attr, *mark)
     if len(set(databases)) > 1:
         raise DefinitionError(
             f"{where} declares more than one Database ({', '.join(sorted(set(databases)))}); "
@@ -234,6 +305,7 @@ def _collect(cls: type[Service], contract: ContractSpec) -> ServiceSpec:
     for attr, dep in dependencies.items():
         if dep.name == contract.name:
             raise DefinitionError(f"{where}.{attr}: a service cannot use its own contract")
+    _check_identities(where, list(subscriptions.values()))
     database = databases[0] if databases else None
     if database is None and (subscriptions or contract.events or sagas):
         raise DefinitionError(
@@ -243,7 +315,37 @@ def _collect(cls: type[Service], contract: ContractSpec) -> ServiceSpec:
     for attr, saga in sagas.items():
         if not saga.steps:
             raise DefinitionError(f"{where}.{attr}: the saga has no steps; add @{attr}.step")
-    return ServiceSpec(cls, contract, dependencies, subscriptions, database, sagas, fallbacks)
+    return ServiceSpec(
+        cls, contract, dependencies, list(subscriptions.values()), database, sagas, fallbacks
+    )
+
+
+def _check_identities(where: str, subscriptions: list[Subscription]) -> None:
+    """Each subscription of a service has its own identity, and claims one old one at most."""
+    seen: dict[str, str] = {}
+    for sub in subscriptions:
+        if sub.name in seen:
+            raise DefinitionError(
+                f"{where}.{sub.attr} and {where}.{seen[sub.name]} are both subscriptions named "
+                f"{sub.name!r}; each needs its own: @cleave.subscribe({sub.event.__name__}, "
+                'name="...")'
+            )
+        seen[sub.name] = sub.attr
+    taken: dict[str, str] = {}
+    for sub in subscriptions:
+        if not sub.takeover:
+            continue
+        if sub.takeover in seen:
+            raise DefinitionError(
+                f"{where}.{sub.attr}: takeover={sub.takeover!r} names the current subscription "
+                f"{where}.{seen[sub.takeover]}; takeover names an identity no handler has any more"
+            )
+        if sub.takeover in taken:
+            raise DefinitionError(
+                f"{where}.{sub.attr} and {where}.{taken[sub.takeover]} both take over "
+                f"{sub.takeover!r}; only one subscription can continue from it"
+            )
+        taken[sub.takeover] = sub.attr
 
 
 def _check_signature(where: str, name: str, impl: Any, request: type, response: type) -> None:

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from cleave.data import schema
 from cleave.data.database import Database, default_url
+from cleave.data.deadletters import DeadLetterStore
 from cleave.data.inbox import EventConsumer
 from cleave.messages import to_msgpack
 from cleave.transport.base import ConsumerPolicy
@@ -108,11 +109,12 @@ async def test_the_last_attempt_dead_letters(db: Database) -> None:
     d = FakeDelivery(to_msgpack(sample_app.Greeted(name="cy")), msg_id="e9", attempt=3)
     await c.deliver(d)
     assert d.settled == ["term"]
-    [letter] = await broker.dead_letters()
-    assert letter.subject == "cleave.dlq.audit.audit-on-greeted"
-    assert letter.headers["Cleave-Event-Id"] == "e9"
-    assert "handler failed" in letter.headers["Cleave-Error"]
+    [letter] = await DeadLetterStore(db, "audit").find()  # kept in the consumer's database
+    assert (letter.consumer, letter.event_id, letter.attempts) == ("audit-on-greeted", "e9", 3)
+    assert (letter.subject, letter.payload) == (d.subject, d.data)
+    assert "handler failed" in letter.error
     assert c.dead_lettered == 1
+    assert await rows(db, log) == 0  # the failed attempt's writes rolled back
 
 
 async def test_a_message_that_cannot_be_decoded_is_dead_lettered_at_once(db: Database) -> None:
@@ -121,5 +123,6 @@ async def test_a_message_that_cannot_be_decoded_is_dead_lettered_at_once(db: Dat
     d = FakeDelivery(b"\xc1 not msgpack")
     await c.deliver(d)
     assert d.settled == ["term"]
-    [letter] = await broker.dead_letters()
-    assert "cannot decode Greeted" in letter.headers["Cleave-Error"]
+    [letter] = await DeadLetterStore(db, "audit").find()
+    assert "cannot decode Greeted" in letter.error
+    assert letter.describe()["payload"] == {"undecodable": d.data.hex()}

@@ -179,3 +179,76 @@ async def test_a_missing_service_is_a_503_with_retry_after(tmp_path: Any, nats_u
     assert resp.status_code == 503
     assert resp.headers["retry-after"] == "1"
     assert "no replica of greeter is running" in error(resp)["message"]
+
+
+async def test_a_405_names_every_method_of_the_path(tmp_path: Any) -> None:
+    import sample_app
+
+    import cleave
+    from cleave.gateway.asgi import build_asgi
+    from cleave.testing import Harness
+
+    gateway = cleave.Gateway()
+    gateway.post("/greet", sample_app.Greeter.greet, status=201)
+    gateway.get("/greet", sample_app.Greeter.greet)
+    async with Harness(sample_app.app, tmp_path) as h:
+        asgi = build_asgi(gateway, h.host.router, timeout=5, app_name="t")
+        transport = httpx.ASGITransport(app=asgi)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+            for method in ("DELETE", "PUT", "OPTIONS"):
+                resp = await http.request(method, "/greet")
+                assert resp.status_code == 405
+                assert resp.headers["allow"] == "GET, HEAD, POST"
+                assert error(resp)["message"] == (
+                    f"{method} is not allowed on /greet; use GET, HEAD, POST"
+                )
+            assert (await http.get("/greet", params={"name": "ann"})).status_code == 200
+            assert (await http.head("/greet", params={"name": "ann"})).status_code == 200
+            assert (await http.post("/greet", json={"name": "ann"})).status_code == 201
+            resp = await http.post("/openapi.json")
+            assert (resp.status_code, resp.headers["allow"]) == (405, "GET, HEAD")
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("x" * 256, "the Idempotency-Key header is 256 characters long"),
+        ("caf\xe9", "holds 'é' at position 3, which is not printable ASCII"),
+        ("a\tb", "holds '\\t' at position 1, which is not printable ASCII"),
+    ],
+)
+async def test_a_bad_idempotency_key_is_a_400_that_says_what_is_wrong(
+    http: httpx.AsyncClient, key: str, message: str
+) -> None:
+    headers = [("Idempotency-Key", key.encode("latin-1"))]
+    resp = await http.post("/add", json={"key": "k", "amount": 1}, headers=headers)
+    assert resp.status_code == 400
+    assert message in error(resp)["message"]
+    assert "send 1 to 255 printable ASCII characters" in error(resp)["message"]
+
+
+def test_the_idempotency_key_format_is_the_documented_one() -> None:
+    import re
+
+    from cleave.gateway.routes import IDEMPOTENCY_KEY_SCHEMA, idempotency_key_problem
+
+    pattern = re.compile(IDEMPOTENCY_KEY_SCHEMA["pattern"])
+    for key in ["a", "x" * 255, "a b", "~!#$%&'()*+,-./09:;<=>?@AZ[\\]^_`az{|}", *"!~"]:
+        assert idempotency_key_problem(key) == "", key
+        assert pattern.fullmatch(key), key
+    for key in ["", " ", " a", "a ", "x" * 256, "\x7f", "é", "a\nb"]:
+        assert idempotency_key_problem(key), key
+        assert not (pattern.fullmatch(key) and 1 <= len(key) <= 255), key
+    assert "starts or ends with a space" in idempotency_key_problem(" a")
+    assert "is empty" in idempotency_key_problem("")
+
+
+async def test_a_whole_number_written_as_a_float_is_an_integer(http: httpx.AsyncClient) -> None:
+    # JSON Schema (and so the OpenAPI document) counts 2.0 and 2e0 as integers.
+    for body in (b'{"name": "ann", "times": 2.0}', b'{"name": "ann", "times": 2e0}'):
+        resp = await http.post("/greet", content=body)
+        assert resp.status_code == 201, resp.text
+        assert resp.json()["text"] == "hello ann"
+    resp = await http.post("/greet", content=b'{"name": "ann", "times": 2.5}')
+    assert resp.status_code == 422
+    assert "Expected `int`, got `float` - at `$.times`" in error(resp)["message"]

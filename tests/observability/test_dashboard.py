@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import SHOP, Run, Up, cli, wait_until
+from conftest import SAMPLE, SHOP, Run, Up, cli, wait_until
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SERVICES = ["gateway", "catalog", "inventory", "orders", "billing", "shipping", "notifications"]
@@ -162,3 +162,64 @@ def test_processes_traces_cross_workers_and_a_down_service_shows(
         page.wait_for_selector("#nodes [data-node='billing'].ok", timeout=20_000)
     finally:
         up.stop()
+
+
+def _keep_letter(data_dir: Path, consumer: str, payload: bytes) -> str:
+    """A dead letter of audit's, written into its database as its consumer would."""
+    import asyncio
+    import concurrent.futures
+
+    from cleave.data.database import Database
+    from cleave.data.deadletters import record
+
+    async def go() -> str:
+        db = Database().bind("audit", f"sqlite:///{data_dir / 'audit.db'}", {})
+        await db.start()
+        try:
+            async with db.transaction() as tx:
+                return await record(
+                    tx,
+                    consumer=consumer,
+                    event_id=os.urandom(8).hex(),
+                    subject="cleave.evt.greeter.greeted.v1",
+                    payload=payload,
+                    headers={},
+                    error="RuntimeError: audit was down",
+                    attempts=5,
+                )
+        finally:
+            await db.stop()
+
+    # In a thread of its own: Playwright's sync API runs an event loop in this one.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, go()).result()
+
+
+def test_dead_letters_are_replayed_and_purged_from_the_page(browser: Any, tmp_path: Path) -> None:
+    import sample_app
+
+    from cleave.messages import to_msgpack
+
+    run = Run(SAMPLE, tmp_path).start()
+    try:
+        url = dashboard_of(run)
+        streams = wait_until(lambda: httpx.get(f"{url}/api/overview").json()["streams"])
+        [consumer] = [s["name"] for s in streams if s["service"] == "audit"]
+        good = _keep_letter(tmp_path / "data", consumer, to_msgpack(sample_app.Greeted(name="ann")))
+        bad = _keep_letter(tmp_path / "data", consumer, b"\xc1 not msgpack")
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.on("dialog", lambda dialog: dialog.accept())  # "Purge ...?"
+        page.goto(url)
+        page.wait_for_selector(f"#letters tr[data-letter='{good}']", timeout=15_000)
+
+        page.click(f"#letters tr[data-letter='{good}'] button[data-act='replay']")
+        page.wait_for_selector(f"#letters tr[data-letter='{good}']", state="detached")
+        assert f"{good} {consumer}: replayed" in page.inner_text("#letters-status")
+        assert httpx.get(f"{run.url}/audit").json() == ["ann"]
+
+        page.click(f"#letters tr[data-letter='{bad}'] button[data-act='purge']")
+        page.wait_for_selector(f"#letters tr[data-letter='{bad}']", state="detached")
+        assert "purged 1 dead letter(s)" in page.inner_text("#letters-status")
+        assert httpx.get(f"{url}/api/dead-letters").json() == []
+    finally:
+        run.stop()

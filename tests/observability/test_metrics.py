@@ -7,7 +7,8 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from cleave.observability.metrics import HostCollector, registry_for, render
+from cleave.observability.metrics import registry_for, render
+from cleave.runtime.hostmetrics import HostCollector
 from cleave.testing import Harness
 
 
@@ -39,7 +40,7 @@ async def test_counts_after_three_good_orders_and_two_declined(tmp_path: Path) -
             assert (await http.get("/v1/products/NOPE")).status_code == 404
         await h.settle()
         registry = registry_for(HostCollector(h.host))
-        from cleave.observability.metrics import refresher
+        from cleave.runtime.hostmetrics import refresher
 
         await refresher(h.host)()
         m = samples(render(registry).decode())

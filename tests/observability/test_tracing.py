@@ -101,10 +101,11 @@ def test_spans_are_exported_over_otlp(otlp: list[bytes]) -> None:
     assert span is not None
     span.attributes["order_id"] = "ord_x"
     t.finish(span, "declined")
-    for _ in range(50):
-        if otlp:
-            break
-        time.sleep(0.1)
+    deadline = time.monotonic() + 20
+    while not otlp and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert t.export is not None
+    t.export.stop()
     request = ExportTraceServiceRequest()
     request.ParseFromString(otlp[0])
     [resource_spans] = request.resource_spans

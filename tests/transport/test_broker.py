@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from cleave.errors import LifecycleError
 from cleave.transport.base import ConsumerPolicy, Outgoing
 from cleave.transport.local import MemoryBroker, subject_matches
 
@@ -182,19 +183,7 @@ async def test_replicas_share_one_durable(broker: Any) -> None:
     await sub_b.stop()
 
 
-async def test_dead_letters_are_kept(broker: Any) -> None:
-    assert await broker.dead_letters() == []
-    await broker.dead_letter("cleave.dlq.shop.c1", b"x", {"Cleave-Error": "boom"})
-    await broker.dead_letter("cleave.dlq.shop.c1", b"y", {"Cleave-Error": "bang"})
-    letters = await broker.dead_letters()
-    assert [(d.data, d.headers["Cleave-Error"]) for d in letters] == [
-        (b"x", "boom"),
-        (b"y", "bang"),
-    ]
-    assert letters[0].subject.endswith(".dlq.shop.c1")
-
-
-async def test_memory_settle_before_ack_holds_publish_until_consumed() -> None:
+async def test_memory_settle_before_ack_tells_when_every_consumer_settled() -> None:
     broker = MemoryBroker(settle_before_ack=True)
     await broker.ensure_stream(STREAM, SUBJECTS)
     gate = asyncio.Event()
@@ -203,12 +192,70 @@ async def test_memory_settle_before_ack_holds_publish_until_consumed() -> None:
         await gate.wait()
         await delivery.ack()
 
-    await broker.subscribe(STREAM, "c", "cleave.evt.shop.placed.v1", slow, FAST)
-    publish = asyncio.ensure_future(broker.publish([out(1)]))
+    quick = Recorder()
+    await broker.subscribe(STREAM, "slow", "cleave.evt.shop.placed.v1", slow, FAST)
+    await broker.subscribe(STREAM, "quick", "cleave.evt.shop.placed.v1", quick, FAST)
+    # Stored at once: publishing does not wait for any consumer.
+    [settled] = await asyncio.wait_for(broker.publish([out(1)]), 2)
+    await quick.wait_for(1)
     await asyncio.sleep(0.1)
-    assert not publish.done()
+    assert not settled.done()  # the slow consumer has not settled it
     gate.set()
-    await asyncio.wait_for(publish, 2)
+    await asyncio.wait_for(settled, 2)
+    await broker.close()
+
+
+async def test_memory_one_failing_consumer_does_not_hold_back_another() -> None:
+    broker = MemoryBroker(settle_before_ack=True)
+    await broker.ensure_stream(STREAM, SUBJECTS)
+    failing, steady = Recorder("nak"), Recorder()
+    naks = ConsumerPolicy(ack_wait=1.0, backoff=(0.5,))
+    await broker.subscribe(STREAM, "failing", "cleave.evt.shop.placed.v1", failing, naks)
+    await broker.subscribe(STREAM, "steady", "cleave.evt.shop.placed.v1", steady, FAST)
+    futures = []
+    for n in range(5):
+        futures += await asyncio.wait_for(broker.publish([out(n)]), 2)
+    await steady.wait_for(5)
+    assert steady.data == [b"0", b"1", b"2", b"3", b"4"]  # in publish order
+    assert not any(f.done() for f in futures)  # the failing one settled none
+    failing.action = "ack"
+    await asyncio.wait_for(asyncio.gather(*futures), 10)
+    assert sorted(failing.data[-5:]) == [b"0", b"1", b"2", b"3", b"4"]
+    await broker.close()
+
+
+async def test_memory_a_duplicate_publish_gets_the_stored_message_future() -> None:
+    broker = MemoryBroker(settle_before_ack=True)
+    await broker.ensure_stream(STREAM, SUBJECTS)
+    rec = Recorder("none")
+    await broker.subscribe(STREAM, "c", "cleave.evt.shop.placed.v1", rec, FAST)
+    [first] = await asyncio.wait_for(broker.publish([out(1)]), 2)
+    [again] = await asyncio.wait_for(broker.publish([out(1)]), 2)
+    # Not a done future: that would let the sender forget an unsettled message.
+    assert again is first
+    assert not again.done()
+    await rec.wait_for(1)
+    assert broker.pending(STREAM, "c") == 1
+    await broker.close()
+
+
+async def test_memory_close_fails_the_unsettled_futures_without_hanging() -> None:
+    broker = MemoryBroker(settle_before_ack=True)
+    await broker.ensure_stream(STREAM, SUBJECTS)
+    rec = Recorder("none")
+    await broker.subscribe(STREAM, "c", "cleave.evt.shop.placed.v1", rec, FAST)
+    [settled] = await asyncio.wait_for(broker.publish([out(1)]), 2)
+    await rec.wait_for(1)
+    await asyncio.wait_for(broker.close(), 5)
+    with pytest.raises(LifecycleError, match="closed before every consumer settled"):
+        await settled
+
+
+async def test_memory_without_settle_before_ack_returns_nothing_to_wait_for() -> None:
+    broker = MemoryBroker()
+    await broker.ensure_stream(STREAM, SUBJECTS)
+    await broker.subscribe(STREAM, "c", "cleave.evt.shop.placed.v1", Recorder("none"), FAST)
+    assert await asyncio.wait_for(broker.publish([out(1)]), 2) is None
     await broker.close()
 
 

@@ -34,6 +34,7 @@ gateway.post(
     status=_order_status,
     statuses=(201, 202),
     idempotency_key=True,
+    links={"GetOrder": Orders.get_order},  # its order_id, from the response
 )
 gateway.get("/v1/orders", Orders.list_orders, unwrap="orders")
 gateway.get("/v1/orders/{order_id}", Orders.get_order)

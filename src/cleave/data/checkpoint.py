@@ -12,9 +12,18 @@ So Cleave turns automatic checkpoints off on its connections and runs them
 itself, in a worker thread with its own connection (sqlite3 releases the GIL
 for the I/O): after every ``every`` write commits, or ``interval`` seconds
 after the first one since the last checkpoint. Checkpoints are PASSIVE: they
-never wait for readers or writers, and the log is reused from its start once
-one has caught up. Durability is unchanged: a commit is in the log when it
-returns, whoever copies it back later.
+never wait for readers or writers. Durability is unchanged: a commit is in
+the log when it returns (and synced, see :mod:`cleave.data.durability`),
+whoever copies it back later; a checkpoint syncs the log before copying it
+and the database file after.
+
+The log is reused from its start only by a write transaction that begins
+once a checkpoint has copied all of it. Under a steady stream of commits
+(and every commit awaiting its sync keeps the stream steady) some commit
+always lands while the checkpoint copies, so the log would only grow. So when
+commits landed during the copy, a second, short checkpoint copies just those
+while holding the database's write lock (``lock``): this process's writers
+wait for a few pages' copy, and the next commit restarts the log.
 """
 
 from __future__ import annotations
@@ -35,10 +44,21 @@ log = structlog.get_logger("cleave.checkpoint")
 class Checkpointer:
     """Checkpoints one SQLite database's log in a thread, after enough commits."""
 
-    def __init__(self, path: Path, *, every: int = 200, interval: float = 2.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        every: int = 200,
+        interval: float = 2.0,
+        lock: asyncio.Lock | None = None,
+    ) -> None:
         self.path = path
         self.every = every
         self.interval = interval
+        #: The database's write lock, held for a catch-up checkpoint (see the module docstring).
+        self.lock = lock
+        #: Catch-up checkpoints run under ``lock``.
+        self.catch_ups = 0
         self.runs = 0
         self._commits = 0
         self._running: asyncio.Task[None] | None = None
@@ -70,6 +90,10 @@ class Checkpointer:
     async def _checkpoint(self) -> None:
         try:
             await asyncio.to_thread(self._run, "PASSIVE")
+            if self._commits and self.lock is not None:
+                async with self.lock:
+                    await asyncio.to_thread(self._run, "PASSIVE")
+                self.catch_ups += 1
             self.runs += 1
         except sqlite3.Error as exc:  # busy or locked: the next one will do it
             log.debug("checkpoint skipped", database=str(self.path), error=str(exc))
@@ -90,6 +114,18 @@ class Checkpointer:
             mode=mode,
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
+
+    async def now(self) -> None:
+        """Checkpoint at once, after the one in progress if any (errors: as the others)."""
+        if self._running is not None:
+            await asyncio.shield(self._running)
+        if self._closed:
+            return
+        self._commits = 0
+        self._running = asyncio.get_running_loop().create_task(
+            self._checkpoint(), name=f"checkpoint {self.path.name}"
+        )
+        await asyncio.shield(self._running)
 
     async def close(self) -> None:
         """Stop, after one last checkpoint of what is in the log."""

@@ -16,24 +16,45 @@ Declared once on the service class with the service's tables::
 The runtime binds a started copy to each service instance (``bind()`` then
 ``start()``); the class attribute itself is only a declaration.
 
-Transactions nest by joining: inside an open transaction of the same database
+A ``transaction()`` inside an open write transaction of the same database
 (yours, or one the framework opened around an event handler or an idempotent
-method), ``transaction()`` returns that one and does not commit on exit, so
-the whole unit commits once, with its inbox or idempotency record.
+method) is a SAVEPOINT of it: if the inner block raises, its writes and the
+events it published roll back, and an author who catches the error goes on
+with the outer transaction, which commits the rest (once, with its inbox or
+idempotency record). A ``read()`` inside a transaction joins it and sees its
+writes. ``tx.publish`` after its block ended raises: publish inside the block.
 
-SQLite runs on the event loop's own thread: its statements take microseconds
-(WAL journal, ``synchronous=NORMAL``: a commit writes without waiting for the
-disk, and a committed transaction still survives a killed process), far less
-than handing each one to a thread and back, as an async driver must. Write
-transactions start with ``BEGIN IMMEDIATE``, one at a time per process (an
-asyncio lock); a replica in another process holding the write lock is waited
-for with ``await asyncio.sleep`` between tries, never by blocking the loop.
-PostgreSQL runs on asyncpg.
+Durability. A transaction's block returns once its commit is on disk, under
+``[database] synchronous = "full"`` (the default): SQLite runs with
+``synchronous=NORMAL`` and the commit awaits a sync of the log that it shares
+with the commits around it (group commit, see :mod:`cleave.data.durability`).
+``synchronous = "normal"`` skips that wait: faster, and a commit still
+survives a killed process, but not a power cut. A read-only transaction never
+waits: it may see a commit whose sync is still running (whose own caller has
+not been answered yet); code that acts outside the database on what it read
+awaits :meth:`Database.durable` first, as the outbox relay does. PostgreSQL
+commits are the server's business (its ``synchronous_commit``).
+
+Event order. The outbox relay publishes a service's events in commit order.
+SQLite has one write transaction at a time, so outbox rows are numbered in
+commit order. On PostgreSQL, transactions commit concurrently, so a
+transaction that publishes takes an advisory lock (per service, held until its
+commit) just before it writes its outbox rows: rows are numbered in commit
+order, and the relay never sees a later row before an earlier one commits.
+That lock makes publishing transactions of one service commit one at a time.
+
+SQLite runs on the event loop's own thread: its statements take microseconds,
+far less than handing each one to a thread and back, as an async driver must.
+Write transactions start with ``BEGIN IMMEDIATE``, one at a time per process
+(an asyncio lock); a replica in another process holding the write lock is
+waited for with ``await asyncio.sleep`` between tries, never by blocking the
+loop. PostgreSQL runs on asyncpg.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import sqlite3
 import time
@@ -50,6 +71,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from cleave.data import schema
 from cleave.data.checkpoint import Checkpointer
+from cleave.data.durability import GroupCommit, check_synchronous
 from cleave.data.prepared import Prepared
 from cleave.errors import ConfigError, DefinitionError, LifecycleError
 from cleave.messages import to_msgpack
@@ -76,7 +98,17 @@ class Transaction:
     is written to the outbox in the same commit.
     """
 
-    __slots__ = ("_driver", "_events", "closed", "connection", "db", "readonly")
+    __slots__ = (
+        "_after_commit",
+        "_depth",
+        "_driver",
+        "_events",
+        "_opaque",
+        "closed",
+        "connection",
+        "db",
+        "readonly",
+    )
 
     def __init__(
         self, db: Database, connection: sa.Connection | AsyncConnection, readonly: bool
@@ -88,6 +120,10 @@ class Transaction:
         self.closed = False
         self._events: list[dict[str, Any]] = []
         self._driver: Any = None  # the sqlite3 connection, once a prepared statement ran
+        self._depth = 0  # 0: the transaction itself; n: its n-th nested savepoint
+        # Ran a prepared statement that may write without changing rows (DDL, a PRAGMA).
+        self._opaque = False
+        self._after_commit: list[Callable[[], None]] = []
 
     async def execute(self, statement: Any, parameters: Any = None) -> sa.CursorResult[Any]:
         """Execute a SQLAlchemy statement (Core) in this transaction."""
@@ -113,7 +149,7 @@ class Transaction:
         args = prepared.arguments(names, params)
         make = prepared.row
         if isinstance(conn, sa.Connection):
-            return [make(r) for r in self._sqlite(sql, args).fetchall()]
+            return [make(r) for r in self._sqlite(sql, args, prepared).fetchall()]
         result = await conn.exec_driver_sql(sql, args)
         return [make(r) for r in result.all()]
 
@@ -125,7 +161,7 @@ class Transaction:
         sql, names = prepared.compiled(conn.dialect)
         args = prepared.arguments(names, params)
         if isinstance(conn, sa.Connection):
-            row = self._sqlite(sql, args).fetchone()
+            row = self._sqlite(sql, args, prepared).fetchone()
         else:
             row = (await conn.exec_driver_sql(sql, args)).first()
         return None if row is None else prepared.row(row)
@@ -136,7 +172,7 @@ class Transaction:
         sql, names = prepared.compiled(conn.dialect)
         args = prepared.arguments(names, params)
         if isinstance(conn, sa.Connection):
-            return int(self._sqlite(sql, args).rowcount)
+            return int(self._sqlite(sql, args, prepared).rowcount)
         result = await conn.exec_driver_sql(sql, args)
         return int(result.rowcount)
 
@@ -148,11 +184,15 @@ class Transaction:
         sql, names = prepared.compiled(conn.dialect)
         args = [prepared.arguments(names, p) for p in params]
         if isinstance(conn, sa.Connection):
-            self._sqlite(sql, args, many=True)
+            self._sqlite(sql, args, prepared, many=True)
             return
         await conn.exec_driver_sql(sql, args)
 
-    def _sqlite(self, sql: str, args: Any, *, many: bool = False) -> sqlite3.Cursor:
+    def _sqlite(
+        self, sql: str, args: Any, prepared: Prepared | None = None, *, many: bool = False
+    ) -> sqlite3.Cursor:
+        if prepared is not None and not isinstance(prepared.statement, _COUNTED):
+            self._opaque = True  # SQLite's count of changed rows may not show its writes
         driver = self._driver
         if driver is None:
             assert isinstance(self.connection, sa.Connection)
@@ -168,6 +208,12 @@ class Transaction:
 
     def publish(self, event: Event) -> None:
         """Stage ``event`` for the outbox; it is written when this transaction commits."""
+        if self.closed:
+            raise LifecycleError(
+                f"tx.publish({type(event).__name__}(...)) after the transaction's block ended: "
+                "the transaction is closed (committed or rolled back), so the event would be "
+                "lost; publish inside the `async with db.transaction() as tx:` block"
+            )
         if self.readonly:
             raise LifecycleError("cannot publish from a read-only transaction; use transaction()")
         subject = self.db.event_subject(type(event))
@@ -195,12 +241,40 @@ class Transaction:
             }
         )
 
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once this transaction has committed; never if it rolls back.
+
+        In a nested ``transaction()`` (a savepoint) that is when the outermost one
+        commits, and never if the savepoint rolls back.
+        ``callback`` must not raise: the transaction has committed already.
+        """
+        self._after_commit.append(callback)
+
+    def _committed(self) -> None:
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            callback()
+
     async def _flush_outbox(self) -> bool:
-        if not self._events:
+        events = self._events
+        if not events:
             return False
-        await self.run_many(_OUTBOX_INSERT, self._events)
-        self._events = []
+        key = self.db._outbox_turn
+        if key is not None:
+            # PostgreSQL: publishing transactions take turns from here to their commit,
+            # so seq order is commit order (see the module's docstring).
+            await self.run(_OUTBOX_TURN, {"key": key})
+        await self.run_many(_OUTBOX_INSERT, events)
+        events.clear()
         return True
+
+    async def _control(self, sql: str) -> None:
+        """Run a statement of Cleave's own (SAVEPOINT and the like) on this connection."""
+        conn = self.connection
+        if isinstance(conn, sa.Connection):
+            self._sqlite(sql, ())
+        else:
+            await conn.exec_driver_sql(sql)
 
 
 _OUTBOX_INSERT = Prepared(
@@ -216,8 +290,16 @@ _OUTBOX_INSERT = Prepared(
 )
 
 
+#: Statements whose writes SQLite counts in ``total_changes`` (see _SqliteScope).
+_COUNTED = (sa.Select, sa.CompoundSelect, sa.Insert, sa.Update, sa.Delete)
+
+_OUTBOX_TURN = Prepared(
+    sa.select(sa.func.pg_advisory_xact_lock(sa.bindparam("key", type_=sa.BigInteger)))
+)
+
+
 class _Joined:
-    """An inner ``transaction()``: the open one, committed by whoever opened it."""
+    """A ``read()`` inside a transaction: that transaction, ended by whoever opened it."""
 
     __slots__ = ("tx",)
 
@@ -231,6 +313,55 @@ class _Joined:
         return None
 
 
+class _Savepoint:
+    """A ``transaction()`` inside an open one: a SAVEPOINT, so its failure undoes only itself.
+
+    The inner transaction shares the outer one's connection, staged events and
+    after-commit callbacks; on an exception it rolls back to the savepoint and
+    drops the events and callbacks it added. The outermost transaction commits
+    whatever the inner ones kept.
+    """
+
+    __slots__ = ("callbacks", "events", "name", "outer", "token", "tx")
+
+    def __init__(self, outer: Transaction) -> None:
+        self.outer = outer
+
+    async def __aenter__(self) -> Transaction:
+        outer = self.outer
+        tx = self.tx = Transaction(outer.db, outer.connection, readonly=False)
+        tx._driver = outer._driver
+        # Shared lists: the outermost transaction writes and calls them all.
+        tx._events = outer._events
+        tx._after_commit = outer._after_commit
+        tx._depth = outer._depth + 1
+        self.name = f"cleave_savepoint_{tx._depth}"
+        self.events = len(tx._events)
+        self.callbacks = len(tx._after_commit)
+        await tx._control(f"SAVEPOINT {self.name}")
+        self.token = _ambient.set(tx)
+        return tx
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        tx = self.tx
+        tx.closed = True
+        _ambient.reset(self.token)
+        self.outer._opaque = self.outer._opaque or tx._opaque
+        # Released on both paths: sibling savepoints never pile up in one transaction.
+        if exc_type is None:
+            await tx._control(f"RELEASE SAVEPOINT {self.name}")
+            return
+        del tx._events[self.events :]
+        del tx._after_commit[self.callbacks :]
+        try:
+            await tx._control(f"ROLLBACK TO SAVEPOINT {self.name}")
+            await tx._control(f"RELEASE SAVEPOINT {self.name}")
+        except Exception:
+            if issubclass(exc_type, Exception):
+                raise  # the whole transaction is unusable: said here, the inner error chained
+            # Cancelled: the cancellation goes on, and the outer transaction ends with it.
+
+
 class _SqliteScope:
     """One SQLite transaction, on a connection the database keeps open between transactions.
 
@@ -239,7 +370,7 @@ class _SqliteScope:
     and lets SQLAlchemy see the connection only when a statement runs.
     """
 
-    __slots__ = ("db", "lock", "readonly", "slots", "token", "tx")
+    __slots__ = ("changes", "db", "lock", "readonly", "slots", "token", "tx")
 
     def __init__(self, db: Database, *, readonly: bool) -> None:
         self.db = db
@@ -254,6 +385,8 @@ class _SqliteScope:
         lock = self.lock
         slots = self.slots
         if not self.readonly:
+            if db._group is not None:
+                db._group.check()
             await lock.acquire()
         conn = None
         try:
@@ -264,6 +397,7 @@ class _SqliteScope:
                 driver.execute("BEGIN")
             else:
                 await _begin_immediate(driver)
+                self.changes = driver.total_changes
         except BaseException:
             if conn is not None:
                 db._release(conn)
@@ -282,17 +416,30 @@ class _SqliteScope:
         conn = tx.connection
         assert isinstance(conn, sa.Connection)
         wrote_events = False
+        group = None if self.readonly else db._group
         try:
             if exc_type is None:
                 try:
                     wrote_events = await tx._flush_outbox()
+                    # Rows changed, or statements ran that SQLite does not count (through
+                    # SQLAlchemy: any; prepared: DDL, PRAGMAs): the commit writes to the log.
+                    # A transaction that only read syncs nothing of its own.
+                    wrote = group is not None and (
+                        tx._driver.total_changes != self.changes
+                        or tx._opaque
+                        or conn.in_transaction()
+                    )
                     _end(conn, tx._driver, commit=True)
                 except BaseException:
                     _end(conn, tx._driver, commit=False)
                     raise
-                if not self.readonly and db._checkpointer is not None:
-                    db._checkpointer.committed()
+                if not self.readonly:
+                    if db._checkpointer is not None:
+                        db._checkpointer.committed()
+                    if group is not None and wrote:
+                        group.committed()
             else:
+                group = None
                 _end(conn, tx._driver, commit=False)
         finally:
             tx.closed = True
@@ -303,6 +450,13 @@ class _SqliteScope:
                 self.lock.release()
         if wrote_events:
             db._notify()
+        if group is not None:
+            # After the write lock is handed on: the next writers commit meanwhile and
+            # share the next sync. Also when this one wrote nothing: it may have read
+            # (and will act on) a commit whose sync is still running.
+            await group.wait()
+        if exc_type is None and tx._after_commit:
+            tx._committed()
 
 
 def _end(conn: sa.Connection, driver: Any, *, commit: bool) -> None:
@@ -333,6 +487,11 @@ class Database:
         self._slots: asyncio.Semaphore | None = None
         self._idle: list[sa.Connection] = []  # SQLite connections between transactions
         self._checkpointer: Checkpointer | None = None  # SQLite files: checkpoints off the loop
+        #: ``"full"``: a commit returns once on disk; ``"normal"``: survives a killed process only.
+        self.synchronous = "full"
+        self._group: GroupCommit | None = None  # SQLite under "full": syncs the log
+        self._sqlite_pragma = "NORMAL"  # only a benchmark sets FULL, to compare
+        self._outbox_turn: int | None = None  # PostgreSQL: the advisory lock publishers take
         self._event_subjects: dict[type, str] = {}
         self._committed_events: list[Callable[[], None]] = []
 
@@ -354,12 +513,24 @@ class Database:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def bind(self, service: str, url: str, event_subjects: dict[type, str]) -> Database:
-        """A copy of this declaration for one running service, not yet started."""
+    def bind(
+        self,
+        service: str,
+        url: str,
+        event_subjects: dict[type, str],
+        *,
+        synchronous: str = "full",
+    ) -> Database:
+        """A copy of this declaration for one running service, not yet started.
+
+        ``synchronous`` is ``[database] synchronous`` of cleave.toml: ``"full"``
+        or ``"normal"`` (see the module's docstring).
+        """
         bound = Database(self.metadata, migrations=self.migrations)
         bound.attr = self.attr
         bound.service = service
         bound.url = url
+        bound.synchronous = check_synchronous(synchronous)
         bound._event_subjects = event_subjects
         return bound
 
@@ -395,19 +566,29 @@ class Database:
                     "every connection would see its own empty database; give a file, e.g. "
                     f"sqlite:///.cleave/data/{self.service or 'service'}.db"
                 )
-            self._sync = sqlite_engine(url, autocheckpoint=False)
-            self._checkpointer = Checkpointer(Path(url.database))
+            self._sync = sqlite_engine(url, autocheckpoint=False, synchronous=self._sqlite_pragma)
             self._write_lock = asyncio.Lock()
+            self._checkpointer = Checkpointer(Path(url.database), lock=self._write_lock)
+            if self.synchronous == "full":
+                self._group = GroupCommit(Path(url.database), service=self.service)
             self._slots = asyncio.Semaphore(SQLITE_MAX_OPEN)
         elif url.get_backend_name() == "postgresql":
             await _ensure_pg_database(url)
             self._engine = create_async_engine(url, pool_size=10, max_overflow=10)
+            digest = hashlib.blake2b(f"cleave_outbox:{self.service}".encode(), digest_size=8)
+            self._outbox_turn = int.from_bytes(digest.digest(), "big", signed=True)
         else:
             raise ConfigError(
                 f"database URL of {self.service} uses {url.get_backend_name()!r}; Cleave supports "
                 "sqlite:/// and postgresql+asyncpg://"
             )
         await self._create_schema()
+        if self._group is not None:
+            # A new database file must be on disk before its log counts: SQLite ignores
+            # a log beside an empty database file. A checkpoint syncs the file.
+            assert self._checkpointer is not None
+            await self._checkpointer.now()
+            await self._group.sync_folders()
 
     async def _create_schema(self) -> None:
         conflicts = set(self.metadata.tables) & set(schema.metadata.tables)
@@ -448,6 +629,9 @@ class Database:
             self.metadata.create_all(connection)
 
     async def stop(self) -> None:
+        if self._group is not None:
+            await self._group.close()
+            self._group = None
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
@@ -463,10 +647,13 @@ class Database:
     # -- transactions ------------------------------------------------------------------------
 
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
-        """A write transaction: commits when the block ends, rolls back on an exception."""
+        """A write transaction: commits when the block ends, rolls back on an exception.
+
+        Inside an open write transaction of this database, a savepoint of it.
+        """
         outer = _ambient.get()
         if outer is not None and outer.db is self and not outer.closed and not outer.readonly:
-            return _Joined(outer)
+            return _Savepoint(outer)
         if self._sync is not None:
             return _SqliteScope(self, readonly=False)
         return self._open_pg(readonly=False)
@@ -504,6 +691,19 @@ class Database:
             await conn.close()
         if wrote_events:
             self._notify()
+        if tx._after_commit:
+            tx._committed()
+
+    async def durable(self) -> None:
+        """Return once every transaction committed so far is on disk.
+
+        Cheap when nothing is waiting for a sync; a no-op on PostgreSQL and
+        under ``synchronous = "normal"``. Await it before acting outside the
+        database on rows a read-only transaction saw (the outbox relay does).
+        """
+        group = self._group
+        if group is not None:
+            await group.wait()
 
     def _connection(self) -> sa.Connection:
         """An open SQLite connection, from those kept between transactions."""
@@ -544,10 +744,13 @@ LOCK_WAIT = 30.0
 SQLITE_MAX_OPEN = 64
 
 
-def sqlite_engine(url: sa.URL | str, *, autocheckpoint: bool = True) -> sa.Engine:
+def sqlite_engine(
+    url: sa.URL | str, *, autocheckpoint: bool = True, synchronous: str = "NORMAL"
+) -> sa.Engine:
     """A SQLite engine used from the event loop's thread (``sqlite+aiosqlite`` accepted).
 
-    ``autocheckpoint=False`` leaves checkpoints to a :class:`Checkpointer`.
+    ``autocheckpoint=False`` leaves checkpoints to a :class:`Checkpointer`;
+    ``synchronous`` is SQLite's pragma (a :class:`GroupCommit` makes commits durable).
     """
     url = make_url(url).set(drivername="sqlite")
     if url.database and url.database != ":memory:":
@@ -562,7 +765,7 @@ def sqlite_engine(url: sa.URL | str, *, autocheckpoint: bool = True) -> sa.Engin
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
         # Short: a lock held by another process is waited for by _begin_immediate,
         # asynchronously, never by blocking the event loop.
         cursor.execute("PRAGMA busy_timeout=20")

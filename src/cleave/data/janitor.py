@@ -1,11 +1,13 @@
 """Keeps Cleave's own tables from growing for ever.
 
-- Inbox rows are kept longer than the broker keeps events (8 days against
-  JetStream's 7), so any event the broker could still deliver is still
-  recognised as a duplicate.
+- Inbox rows are kept a day longer than the broker keeps events (8 days
+  against streams' 7 by default; ``[events] retention_days``), so any event
+  the broker could still deliver is still recognised as a duplicate.
 - Results of idempotent calls are kept for a day: retries come within
   seconds; a day covers a client that retries tomorrow morning.
 - Finished sagas are kept for a week, for looking into.
+- Dead letters are kept 30 days after they last failed (``[events]
+  dead_letter_days``): long enough to look into, fix and replay them.
 
 Runs once an hour per database, in small batches; on replicas the deletes
 are harmless repeats.
@@ -17,6 +19,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
+import msgspec
 import sqlalchemy as sa
 import structlog
 
@@ -24,6 +27,7 @@ from cleave._aio import cancel_and_wait
 from cleave.data import schema
 
 if TYPE_CHECKING:
+    from cleave.config import EventsSettings
     from cleave.data.database import Database
 
 __all__ = ["Janitor", "Retention"]
@@ -33,17 +37,35 @@ log = structlog.get_logger("cleave.janitor")
 DAY = 24 * 3600.0
 
 
-class Retention:
-    inbox = 8 * DAY
-    idempotency = 1 * DAY
-    sagas = 7 * DAY
+class Retention(msgspec.Struct, frozen=True, kw_only=True):
+    """Seconds each kind of row is kept."""
+
+    inbox: float = 8 * DAY
+    idempotency: float = 1 * DAY
+    sagas: float = 7 * DAY
+    dead_letters: float = 30 * DAY
+
+    @classmethod
+    def of(cls, events: EventsSettings) -> Retention:
+        """The retention ``[events]`` in cleave.toml asks for."""
+        return cls(
+            inbox=(events.retention_days + 1) * DAY, dead_letters=events.dead_letter_days * DAY
+        )
 
 
 class Janitor:
     """Deletes expired rows from one database's Cleave tables."""
 
-    def __init__(self, db: Database, *, interval: float = 3600.0, batch: int = 5000) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        interval: float = 3600.0,
+        batch: int = 5000,
+        retention: Retention | None = None,
+    ) -> None:
         self.db = db
+        self.retention = retention or Retention()
         self.interval = interval
         self.batch = batch
         self.deleted = 0
@@ -75,21 +97,23 @@ class Janitor:
         """Delete what has expired; return how many rows went."""
         now = time.time() if now is None else now
         inbox, idem, sagas = schema.inbox, schema.idempotency, schema.sagas
+        letters, keep = schema.dead_letters, self.retention
         targets = [
             (
                 inbox,
-                inbox.c.processed_at < now - Retention.inbox,
+                inbox.c.processed_at < now - keep.inbox,
                 (inbox.c.consumer, inbox.c.event_id),
             ),
-            (idem, idem.c.created_at < now - Retention.idempotency, (idem.c.request_id,)),
+            (idem, idem.c.created_at < now - keep.idempotency, (idem.c.request_id,)),
             (
                 sagas,
                 sa.and_(
                     sagas.c.state.in_(("done", "failed")),
-                    sagas.c.updated_at < now - Retention.sagas,
+                    sagas.c.updated_at < now - keep.sagas,
                 ),
                 (sagas.c.saga_id,),
             ),
+            (letters, letters.c.failed_at < now - keep.dead_letters, (letters.c.id,)),
         ]
         total = 0
         for table, expired, key in targets:

@@ -7,6 +7,14 @@ waits for the broker's acknowledgement, and only then deletes them. A crash
 anywhere in between re-sends the rows on restart; consumers' inboxes make
 that harmless.
 
+A broker that keeps messages only in memory (the monolith's) acknowledges
+with one future per message instead, done once every consumer has settled
+it. The relay does not wait for them: it keeps the rows in flight (and does
+not publish them again), goes on with newer rows, and deletes each row when
+its future ends. So one failing consumer holds back only itself, and a crash
+before its delivery settles still re-sends the row. Up to ``max_unsettled``
+rows are in flight; past that the relay waits for consumers to catch up.
+
 Replicas of a service share one database, so only one relay may run per
 database: it holds a lease row in ``cleave_leases`` and renews it while it
 works; if its process dies, another replica takes over when the lease ends.
@@ -16,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from typing import TYPE_CHECKING
 
@@ -23,7 +32,9 @@ import sqlalchemy as sa
 import structlog
 
 from cleave._aio import cancel_and_wait
+from cleave._backoff import backoff
 from cleave.data import schema
+from cleave.data.lease import Lease
 from cleave.data.prepared import Prepared
 from cleave.observability.tracing import INTERNAL, tracer
 from cleave.transport.base import Outgoing
@@ -51,6 +62,7 @@ class OutboxRelay:
         batch: int = 256,
         poll: float = 1.0,
         lease_ttl: float = 5.0,
+        max_unsettled: int = 10_000,
     ) -> None:
         self.db = db
         self.broker = broker
@@ -58,14 +70,23 @@ class OutboxRelay:
         self.batch = batch
         self.poll = poll
         self.lease_ttl = lease_ttl
+        self.max_unsettled = max_unsettled
         self.published = 0
         self.last_backlog = 0  # refreshed for metrics
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._lease_until = 0.0
+        self._lease = Lease(db, "outbox-relay", holder=holder, ttl=lease_ttl)
+        # Rows published whose events consumers have not all settled yet (seq -> future),
+        # the highest seq published among them, and the settled ones to delete.
+        self._unsettled: dict[int, asyncio.Future[None]] = {}
+        self._after = 0
+        self._settled: list[int] = []
+        self._deleted_at = 0.0
+        self._held_back = False
         t = schema.outbox
         self._select = Prepared(
             sa.select(t.c.seq, t.c.event_id, t.c.subject, t.c.payload, t.c.traceparent)
+            .where(t.c.seq > sa.bindparam("after"))
             .order_by(t.c.seq)
             .limit(batch)
         )
@@ -78,7 +99,10 @@ class OutboxRelay:
         if self._task is not None:
             await cancel_and_wait(self._task)
             self._task = None
-        if self._lease_until > time.time():
+        # Rows settled since the last pass go; unsettled ones stay, to be re-sent at the next start.
+        with contextlib.suppress(Exception):
+            await self._delete_settled()
+        if self._lease.held:
             with contextlib.suppress(Exception):
                 await self._release()
 
@@ -108,7 +132,7 @@ class OutboxRelay:
             except Exception as exc:
                 # The broker or the database is unreachable: keep the rows, retry with backoff.
                 failures += 1
-                delay = min(5.0, 0.1 * 2 ** min(failures, 6))
+                delay = backoff(failures, base=0.2, cap=5.0)
                 log.warning(
                     "outbox relay failed; retrying",
                     service=self.db.service,
@@ -118,11 +142,20 @@ class OutboxRelay:
                 await asyncio.sleep(delay)
 
     async def relay_once(self) -> int:
-        """Publish one batch of rows; return how many moved."""
+        """Delete the rows whose events are settled, publish one batch; return how many went."""
+        if self._deletes_due():
+            await self._delete_settled()
+        if len(self._unsettled) >= self.max_unsettled:
+            self._hold_back()
+            return 0
+        self._held_back = False
+        # Rows in flight are not read again: only those after the newest of them.
+        after = self._after if self._unsettled else 0
         async with self.db.read() as tx:
-            rows = await tx.fetch(self._select)
+            rows = await tx.fetch(self._select, {"after": after})
         if not rows:
             return 0
+        await self.db.durable()  # never publish a commit that a power cut could still undo
         outgoing, spans = [], []
         for _, event_id, subject, payload, traceparent in rows:
             headers = {"Cleave-Event-Id": event_id}
@@ -141,52 +174,73 @@ class OutboxRelay:
                 Outgoing(subject=subject, data=payload, msg_id=event_id, headers=headers)
             )
         try:
-            await self.broker.publish(outgoing)
+            settled = await self.broker.publish(outgoing)
         except Exception as exc:
             for span in spans:
                 tracer.finish(span, f"{type(exc).__name__}: {exc}")
             raise
         for span in spans:
             tracer.finish(span)
-        async with self.db.transaction() as tx:
-            await tx.run_many(_DELETE, [{"seq": r[0]} for r in rows])
+        if settled is None:
+            # Stored durably: the rows can go now.
+            async with self.db.transaction() as tx:
+                await tx.run_many(_DELETE, [{"seq": r[0]} for r in rows])
+            self.published += len(rows)
+            return len(rows)
+        self._after = rows[-1][0]
+        for row, future in zip(rows, settled, strict=True):
+            self._unsettled[row[0]] = future
+            future.add_done_callback(functools.partial(self._on_settled, row[0]))
         self.published += len(rows)
         return len(rows)
 
-    async def _hold_lease(self) -> bool:
-        now = time.time()
-        if self._lease_until - now > self.lease_ttl / 2:
-            return True
-        leases = schema.leases
-        until = now + self.lease_ttl
-        async with self.db.transaction() as tx:
-            updated = await tx.execute(
-                leases.update()
-                .where(leases.c.name == "outbox-relay")
-                .where(sa.or_(leases.c.holder == self.holder, leases.c.expires_at < now))
-                .values(holder=self.holder, expires_at=until)
+    def _on_settled(self, seq: int, future: asyncio.Future[None]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            # Never settled (the broker closed): the row stays, to be sent again.
+            self._unsettled.pop(seq, None)
+            return
+        self._settled.append(seq)
+        if len(self._settled) >= self.batch or len(self._settled) == len(self._unsettled):
+            self._wake.set()
+
+    def _deletes_due(self) -> bool:
+        # Deleting row by row would cost a commit each: delete a batch, or once
+        # everything in flight is settled, or once per poll interval.
+        settled = len(self._settled)
+        return settled > 0 and (
+            settled >= self.batch
+            or settled == len(self._unsettled)
+            or time.monotonic() - self._deleted_at >= self.poll
+        )
+
+    async def _delete_settled(self) -> None:
+        """Delete the rows whose events every consumer has settled."""
+        if not self._settled:
+            return
+        seqs, self._settled = self._settled, []
+        try:
+            async with self.db.transaction() as tx:
+                await tx.run_many(_DELETE, [{"seq": s} for s in seqs])
+        except BaseException:
+            self._settled.extend(seqs)  # still settled: the next pass tries again
+            raise
+        self._deleted_at = time.monotonic()
+        for seq in seqs:
+            self._unsettled.pop(seq, None)
+
+    def _hold_back(self) -> None:
+        if not self._held_back:
+            self._held_back = True
+            log.warning(
+                "outbox relay waits for consumers to catch up",
+                service=self.db.service,
+                unsettled=len(self._unsettled),
+                hint="a consumer of this service's events is failing or slow: see its "
+                "retries and dead letters; newer events are published as older ones settle",
             )
-            if updated.rowcount == 0:
-                exists = await tx.scalar(
-                    sa.select(leases.c.holder).where(leases.c.name == "outbox-relay")
-                )
-                if exists is not None:
-                    return False
-                await tx.execute(
-                    leases.insert().values(
-                        name="outbox-relay", holder=self.holder, expires_at=until
-                    )
-                )
-        self._lease_until = until
-        return True
+
+    async def _hold_lease(self) -> bool:
+        return await self._lease.hold()
 
     async def _release(self) -> None:
-        leases = schema.leases
-        async with self.db.transaction() as tx:
-            await tx.execute(
-                leases.update()
-                .where(leases.c.name == "outbox-relay")
-                .where(leases.c.holder == self.holder)
-                .values(expires_at=0.0)
-            )
-        self._lease_until = 0.0
+        await self._lease.release()

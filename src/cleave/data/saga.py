@@ -25,8 +25,10 @@ when it fails::
         async def cancel(self, s: CheckoutState, reason: str) -> None: ...
 
 and started with ``await self.checkout.create(saga_id, state)`` (inside the
-transaction that records the business object, if you like) and ``await
-self.checkout.run(saga_id)``, or both at once with ``start``.
+transaction that records the business object, if you like): the saga starts
+once that transaction commits, never before and never if it rolls back.
+``await self.checkout.run(saga_id)`` waits for its outcome; ``start`` does
+both.
 
 Rules the engine keeps:
 
@@ -42,17 +44,27 @@ Rules the engine keeps:
 - A saga past its ``timeout`` stops retrying and compensates: nothing stays
   in the middle for ever.
 - Compensation runs for the failing step and every step before it, in
-  reverse; a compensation must be safe when its step did not happen. It is
-  retried until it succeeds.
+  reverse; a compensation must be safe when its step did not happen. A
+  failing one is retried with backoff, ``compensation_retries`` times (the
+  failure hook too); past that the saga is ``stuck``: it stops, says so in
+  an error log line, ``cleave status``, the dashboard and the
+  ``cleave_sagas_stuck`` metric, and waits for an operator to fix the cause
+  and call :meth:`SagaRunner.retry`.
 - ``local=True`` steps and the failure hook run in the same database
   transaction as the saga's record: they happen exactly once.
+- One replica drives a saga at a time: it holds the saga's lease (see
+  :mod:`cleave.data.lease`), renewed before every step with time enough for
+  the step; taking it is one atomic conditional update, so two replicas that
+  race for a saga never both win.
+- The driver is a task of its own, outside any transaction of its starter:
+  every step and record update commits on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
+import contextvars
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
@@ -62,8 +74,11 @@ import sqlalchemy as sa
 import structlog
 
 from cleave._aio import cancel_and_wait
+from cleave._backoff import backoff
 from cleave.context import CallContext, _current
 from cleave.data import schema
+from cleave.data.database import _ambient
+from cleave.data.lease import RowLease
 from cleave.data.prepared import Prepared
 from cleave.errors import CallError, CleaveError, DefinitionError, LifecycleError, ServiceError
 from cleave.messages import Message, to_msgpack
@@ -78,7 +93,10 @@ __all__ = ["Abort", "Saga", "SagaOutcome", "SagaRunner"]
 S = TypeVar("S", bound=Message)
 F = TypeVar("F", bound=Callable[..., Any])
 
-Status = Literal["running", "done", "failed"]
+Status = Literal["running", "done", "failed", "stuck"]
+
+#: States of a saga that a driver works on (see cleave_sagas in cleave.data.schema).
+_LIVE = ("running", "compensating")
 
 
 class Abort(CleaveError):
@@ -90,12 +108,19 @@ class Abort(CleaveError):
 
 
 class SagaOutcome(msgspec.Struct, frozen=True):
-    """Where a saga stands: still ``running``, ``done``, or ``failed`` (compensated)."""
+    """Where a saga stands: ``running``, ``done``, ``failed`` (compensated) or ``stuck``.
+
+    ``stuck``: a compensation failed more than ``compensation_retries`` times
+    in a row and the saga waits for :meth:`SagaRunner.retry`. ``reason`` says
+    why the saga compensates; ``error`` is the last error a step or
+    compensation met (while it is retried, and why a saga is stuck).
+    """
 
     saga_id: str
     status: Status
     state: Any
     reason: str | None = None
+    error: str | None = None
 
 
 class _Step:
@@ -118,13 +143,22 @@ class Saga(Generic[S]):
         timeout: float = 30.0,
         step_timeout: float = 5.0,
         lease: float = 10.0,
+        compensation_retries: int = 30,
     ) -> None:
         if not (isinstance(state, type) and issubclass(state, Message)):
             raise DefinitionError(f"cleave.Saga() takes the saga's state Message, got {state!r}")
+        if compensation_retries < 0:
+            raise DefinitionError(
+                f"cleave.Saga(compensation_retries={compensation_retries}): give 0 or more "
+                "(how often a failing compensation is tried again before the saga is stuck)"
+            )
         self.state = state
         self.timeout = timeout
         self.step_timeout = step_timeout
+        # A step starts with at least half a lease left, and that must outlast the step.
         self.lease = max(lease, step_timeout * 2)
+        #: Retries of a failing compensation (0.2 s doubling to 5 s apart): 30 take ~2 min.
+        self.compensation_retries = compensation_retries
         self.steps: list[_Step] = []
         self.failure_hook: Callable[..., Awaitable[None]] | None = None
         self.attr = ""
@@ -233,10 +267,27 @@ _INSERT = Prepared(
 _SELECT = Prepared(
     sa.select(*(_t.c[c] for c in _Row._COLUMNS)).where(_t.c.saga_id == _p("saga_id"))
 )
-_CLAIM = Prepared(
+# Who drives a saga: only one that is still running or compensating can be leased.
+_LEASE = RowLease(
+    _t.c.saga_id,
+    _t.c.owner,
+    _t.c.lease_until,
+    only=sa.or_(*(_t.c.state == s for s in _LIVE)),
+    returning=[_t.c[c] for c in _Row._COLUMNS],
+)
+_UNSTICK = Prepared(
     _t.update()
     .where(_t.c.saga_id == _p("saga_id"))
-    .values(owner=_p("owner"), lease_until=_p("lease_until"))
+    .where(_t.c.kind == _p("kind"))
+    .where(_t.c.state == "stuck")
+    .values(
+        state="compensating",
+        attempts=0,
+        next_attempt_at=_p("now"),
+        owner="",
+        lease_until=0.0,
+        updated_at=_p("now"),
+    )
 )
 _MUTABLE = ("state", "step", "data", "attempts", "reason", "last_error", "next_attempt_at")
 _SAVE = Prepared(
@@ -272,14 +323,23 @@ class SagaRunner(Generic[S]):
         self._created: dict[str, _Row] = {}
         self._recovery: asyncio.Task[None] | None = None
         self._limit = asyncio.Semaphore(64)
+        self._stopped = False
         self.completed = 0
         self.failed = 0
+        #: Sagas that got stuck here since this process started (see :meth:`retry`).
+        self.got_stuck = 0
         self.last_pending = 0  # refreshed for metrics
+        self.last_stuck = 0  # refreshed for metrics
 
     # -- the author's API --------------------------------------------------------------------
 
     async def create(self, saga_id: str, state: S) -> bool:
-        """Record a new saga (joins an open transaction); False if it already exists."""
+        """Record a new saga; False if it already exists.
+
+        Inside an open transaction the record joins it, and the saga starts
+        once that transaction commits (never, if it rolls back); otherwise the
+        record commits, and the saga starts, at once.
+        """
         if type(state) is not self.saga.state:
             raise DefinitionError(
                 f"saga {self.kind} takes {self.saga.state.__name__}, got {type(state).__name__}"
@@ -298,7 +358,7 @@ class SagaRunner(Generic[S]):
                 None,
                 now,
                 now + self.saga.timeout,
-                # Ours from the start: the caller drives it next (run); recovery elsewhere
+                # Ours from the start: we drive it once it commits; recovery elsewhere
                 # takes it only if we die first.
                 self.owner,
                 now + self.saga.lease,
@@ -310,18 +370,23 @@ class SagaRunner(Generic[S]):
         async with self.db.transaction() as tx:
             if not await tx.run(_INSERT, values):
                 return False
-        if len(self._created) > 1024:  # created in transactions that rolled back, never run
-            self._created.clear()
-        self._created[saga_id] = row
+            tx.after_commit(lambda: self._begin(row))
         return True
 
     async def run(self, saga_id: str, wait: float | None = None) -> SagaOutcome:
-        """Drive the saga; return once it is done or failed, or after ``wait`` seconds.
+        """Drive the saga; return once it is done, failed or stuck, or after ``wait`` seconds.
 
         ``wait`` defaults to what is left of the current call's deadline (less a
         margin to answer in). A saga still running then carries on in the
         background; :meth:`get` tells how it ended.
+
+        Inside an open transaction of the service's database ``run`` does not
+        wait: the saga cannot move before that transaction ends (it may be the
+        one that creates it). It returns the saga as that transaction sees it;
+        the saga goes on once it commits.
         """
+        if self._in_transaction():
+            return await self._current(saga_id)
         task = self._driver(saga_id)
         if wait is None:
             ctx = _current.get()
@@ -329,9 +394,7 @@ class SagaRunner(Generic[S]):
         try:
             return await asyncio.wait_for(asyncio.shield(task), wait)
         except TimeoutError:
-            outcome = await self.get(saga_id)
-            assert outcome is not None
-            return outcome
+            return await self._current(saga_id)
 
     async def start(self, saga_id: str, state: S, wait: float | None = None) -> SagaOutcome:
         """:meth:`create` then :meth:`run`."""
@@ -344,13 +407,49 @@ class SagaRunner(Generic[S]):
             found = await tx.fetch_one(_SELECT, {"p_saga_id": saga_id})
         return None if found is None else self._outcome(_Row(found))
 
+    async def retry(self, saga_id: str) -> bool:
+        """Take a ``stuck`` saga up again where it stopped; False if it is not stuck.
+
+        For an operator, once the cause is fixed (a service down for long, a bug
+        in the compensation): the compensation's retries start over.
+        """
+        async with self.db.transaction() as tx:
+            params = {"p_saga_id": saga_id, "p_kind": self.kind, "p_now": time.time()}
+            if not await tx.run(_UNSTICK, params):
+                return False
+            tx.after_commit(lambda: self._resume(saga_id))
+        self.log.info("stuck saga retried", saga_id=saga_id, kind=self.kind)
+        return True
+
     # -- the engine --------------------------------------------------------------------------
+
+    def _begin(self, row: _Row) -> None:
+        """The transaction that created the saga committed: drive it."""
+        if self._stopped:
+            return  # recovery takes it up, here after a restart or in another replica
+        if len(self._created) > 1024:  # never driven (a driver of that id was running)
+            self._created.clear()
+        self._created[row.saga_id] = row
+        self._driver(row.saga_id)
+
+    def _resume(self, saga_id: str) -> None:
+        if not self._stopped:
+            self._driver(saga_id)
+
+    def _in_transaction(self) -> bool:
+        """Whether the caller is inside an open write transaction of this database."""
+        tx = _ambient.get()
+        return tx is not None and tx.db is self.db and not tx.closed and not tx.readonly
 
     def _driver(self, saga_id: str) -> asyncio.Task[SagaOutcome]:
         """The task driving ``saga_id`` in this process, started if there is none."""
         task = self._driving.get(saga_id)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._drive(saga_id))
+            # A context of its own: the driver must not join its starter's transaction,
+            # nor inherit its deadline; every step sets up its own call context.
+            task = asyncio.get_running_loop().create_task(
+                self._drive(saga_id), context=contextvars.Context()
+            )
             self._driving[saga_id] = task
 
             def forget(_: asyncio.Task[SagaOutcome]) -> None:
@@ -360,30 +459,27 @@ class SagaRunner(Generic[S]):
         return task
 
     def _outcome(self, row: _Row) -> SagaOutcome:
-        status: Status = (
-            "done" if row.state == "done" else ("failed" if row.state == "failed" else "running")
-        )
-        return SagaOutcome(row.saga_id, status, self.decoder.decode(row.data), row.reason)
+        status = _STATUS.get(row.state, "running")
+        state = self.decoder.decode(row.data)
+        return SagaOutcome(row.saga_id, status, state, row.reason, row.last_error)
+
+    async def _current(self, saga_id: str) -> SagaOutcome:
+        outcome = await self.get(saga_id)
+        if outcome is None:
+            raise LifecycleError(
+                f"there is no saga {saga_id!r} of kind {self.kind}: create() it first (or the "
+                "transaction that created it rolled back)"
+            )
+        return outcome
 
     async def _claim(self, saga_id: str) -> _Row | None:
-        """Take (or renew) the lease on a saga; its row, or None if another owner drives it."""
-        now = time.time()
+        """Take (or renew) the lease on a live saga: its row, or None if we may not drive it.
+
+        None: another owner holds it, or it is done, failed, stuck or gone.
+        """
         async with self.db.transaction() as tx:
-            found = await tx.fetch_one(_SELECT, {"p_saga_id": saga_id})
-            if found is None:
-                return None
-            row = _Row(found)
-            if row.state in ("done", "failed"):
-                return row
-            if row.owner not in ("", self.owner) and row.lease_until > now:
-                return None
-            row.owner = self.owner
-            row.lease_until = now + self.saga.lease
-            await tx.run(
-                _CLAIM,
-                {"p_saga_id": saga_id, "p_owner": self.owner, "p_lease_until": row.lease_until},
-            )
-        return row
+            found = await _LEASE.take(tx, saga_id, self.owner, self.saga.lease)
+        return None if found is None else _Row(found)
 
     async def _save(self, tx: Transaction, row: _Row, **changes: Any) -> None:
         """Write ``changes`` to the saga's record (if it is still ours), then to ``row``."""
@@ -406,13 +502,15 @@ class SagaRunner(Generic[S]):
                 while True:
                     if row is None:
                         row = await self._claim(saga_id)
-                    if row is None:
-                        outcome = await self.get(saga_id)
-                        if outcome is None:
-                            raise LifecycleError(f"saga {saga_id} disappeared")
-                        return outcome
-                    if row.state in ("done", "failed"):
+                        if row is None:
+                            return await self._current(saga_id)
+                    if row.state not in _LIVE:
                         return self._outcome(row)
+                    if row.lease_until - time.time() < self.saga.lease / 2:
+                        # What is left of the lease must outlast the next step (lease / 2 is
+                        # at least step_timeout), or another replica could run it too.
+                        row = None
+                        continue
                     pause = row.next_attempt_at - time.time()
                     if pause > 0:
                         await asyncio.sleep(min(pause, self.saga.lease / 3))
@@ -424,10 +522,7 @@ class SagaRunner(Generic[S]):
                         await self._backward(row)
             except _LostLease:
                 self.log.info("saga taken over by another owner", saga_id=saga_id, kind=self.kind)
-                outcome = await self.get(saga_id)
-                if outcome is None:
-                    raise LifecycleError(f"saga {saga_id} disappeared") from None
-                return outcome
+                return await self._current(saga_id)
 
     async def _forward(self, row: _Row) -> None:
         saga = self.saga
@@ -547,7 +642,10 @@ class SagaRunner(Generic[S]):
 
     async def _retry(self, row: _Row, error: str) -> None:
         attempts = row.attempts + 1
-        delay = min(5.0, 0.1 * 2 ** min(attempts, 6)) * random.uniform(0.7, 1.3)
+        if row.state == "compensating" and attempts > self.saga.compensation_retries:
+            await self._stick(row, attempts, error)
+            return
+        delay = backoff(attempts, base=0.2, cap=5.0, jitter=0.3)
         self.log.warning(
             "saga step failed; will retry",
             saga_id=row.saga_id,
@@ -564,6 +662,29 @@ class SagaRunner(Generic[S]):
                 last_error=error[:500],
                 next_attempt_at=time.time() + delay,
             )
+
+    async def _stick(self, row: _Row, attempts: int, error: str) -> None:
+        """A compensation failed past its retries: stop, and tell an operator."""
+        step = self.saga.steps[row.step] if row.step >= 0 else None
+        where = "on_failure"
+        if step is not None and step.compensate is not None:
+            where = step.compensate.__name__
+        async with self.db.transaction() as tx:
+            await self._save(
+                tx, row, state="stuck", attempts=attempts, last_error=error[:500], lease_until=0.0
+            )
+        self.got_stuck += 1
+        self.log.error(
+            f"saga stuck: {where} failed {attempts} times in a row, so the saga stopped; fix "
+            f"the cause, then take it up again with {self.service}'s {self.saga.attr}."
+            f"retry({row.saga_id!r})",
+            saga_id=row.saga_id,
+            kind=self.kind,
+            step=where,
+            attempts=attempts,
+            error=error,
+            reason=row.reason,
+        )
 
     async def _call(
         self,
@@ -620,7 +741,9 @@ class SagaRunner(Generic[S]):
 
     def start_recovery(self, interval: float = 1.0) -> None:
         """Resume, in the background, sagas left by a crash (or by another replica)."""
-        self._recovery = asyncio.get_running_loop().create_task(self._recover(interval))
+        self._recovery = asyncio.get_running_loop().create_task(
+            self._recover(interval), context=contextvars.Context()
+        )
 
     async def _recover(self, interval: float) -> None:
         table = schema.sagas
@@ -633,9 +756,13 @@ class SagaRunner(Generic[S]):
                             await tx.execute(
                                 sa.select(table.c.saga_id)
                                 .where(table.c.kind == self.kind)
-                                .where(table.c.state.in_(("running", "compensating")))
+                                .where(table.c.state.in_(_LIVE))
                                 .where(
-                                    sa.or_(table.c.lease_until < now, table.c.owner == self.owner)
+                                    sa.or_(
+                                        table.c.lease_until < now,
+                                        table.c.owner == self.owner,
+                                        table.c.owner == "",
+                                    )
                                 )
                                 .where(table.c.next_attempt_at <= now + interval)
                                 .limit(200)
@@ -655,19 +782,27 @@ class SagaRunner(Generic[S]):
             await asyncio.sleep(interval)
 
     async def pending(self) -> int:
-        """Sagas of this kind not finished yet."""
+        """Sagas of this kind not finished yet (stuck ones aside)."""
+        return await self._count(_LIVE)
+
+    async def stuck(self) -> int:
+        """Sagas of this kind that are stuck, waiting for :meth:`retry`."""
+        return await self._count(("stuck",))
+
+    async def _count(self, states: tuple[str, ...]) -> int:
         table = schema.sagas
         async with self.db.read() as tx:
             n = await tx.scalar(
                 sa.select(sa.func.count())
                 .select_from(table)
                 .where(table.c.kind == self.kind)
-                .where(table.c.state.in_(("running", "compensating")))
+                .where(table.c.state.in_(states))
             )
         return int(n or 0)
 
     async def stop(self) -> None:
         """Stop driving; sagas in progress keep their record and are resumed later."""
+        self._stopped = True
         if self._recovery is not None:
             await cancel_and_wait(self._recovery)
             self._recovery = None
@@ -677,15 +812,9 @@ class SagaRunner(Generic[S]):
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         # Hand our leases back so another replica need not wait for them to run out.
-        table = schema.sagas
         with contextlib.suppress(Exception):
             async with self.db.transaction() as tx:
-                await tx.execute(
-                    table.update()
-                    .where(table.c.owner == self.owner)
-                    .where(table.c.state.in_(("running", "compensating")))
-                    .values(lease_until=0.0)
-                )
+                await _LEASE.release_all(tx, self.owner)
 
 
 class _LostLease(Exception):
@@ -694,6 +823,9 @@ class _LostLease(Exception):
 
 class _StepTimeout(Exception):
     pass
+
+
+_STATUS: dict[str, Status] = {"done": "done", "failed": "failed", "stuck": "stuck"}
 
 
 def _describe(exc: BaseException) -> str:

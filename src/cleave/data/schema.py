@@ -10,13 +10,15 @@ commit (or roll back) together.
 - ``cleave_idempotency``: results of idempotent methods, per request id.
 - ``cleave_sagas``: state of sagas this service orchestrates.
 - ``cleave_leases``: which replica runs a singleton job (the outbox relay).
+- ``cleave_dead_letters``: events a consumer gave up on, kept for inspection
+  and replay (see :mod:`cleave.data.deadletters`).
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["idempotency", "inbox", "leases", "metadata", "outbox", "sagas"]
+__all__ = ["dead_letters", "idempotency", "inbox", "leases", "metadata", "outbox", "sagas"]
 
 metadata = sa.MetaData()
 
@@ -56,7 +58,8 @@ sagas = sa.Table(
     metadata,
     sa.Column("saga_id", sa.String(128), primary_key=True),
     sa.Column("kind", sa.String(128), nullable=False),
-    # running -> done; running -> compensating -> failed
+    # running -> done; running -> compensating -> failed; compensating -> stuck (a
+    # compensation failed past its retries; an operator's retry() sets it compensating)
     sa.Column("state", sa.String(16), nullable=False),
     # running: the next step to run; compensating: the next step to compensate (down to -1)
     sa.Column("step", sa.Integer, nullable=False),
@@ -81,4 +84,22 @@ leases = sa.Table(
     sa.Column("name", sa.String(128), primary_key=True),
     sa.Column("holder", sa.String(128), nullable=False),
     sa.Column("expires_at", sa.Float, nullable=False),
+)
+
+dead_letters = sa.Table(
+    "cleave_dead_letters",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("consumer", sa.String(128), nullable=False),
+    sa.Column("event_id", sa.String(64), nullable=False),
+    sa.Column("subject", sa.String(255), nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("headers", sa.Text, nullable=False),  # JSON object of the delivery's headers
+    sa.Column("error", sa.Text, nullable=False),  # the last failure
+    sa.Column("attempts", sa.Integer, nullable=False),  # deliveries and replays, in all
+    sa.Column("created_at", sa.Float, nullable=False),  # first dead-lettered
+    sa.Column("failed_at", sa.Float, nullable=False, index=True),  # last failed
+    # Set by `cleave dlq replay` (or the dashboard); a host running the consumer replays it.
+    sa.Column("replay_requested_at", sa.Float, nullable=True, index=True),
+    sa.UniqueConstraint("consumer", "event_id", name="cleave_dead_letters_event"),
 )

@@ -2,10 +2,11 @@
 
 Every answer is JSON, errors included: ``{"error": {"kind", "message",
 "request_id"}}``. Input problems are 4xx with a message that names the
-field; no input produces a 500 or a traceback. Each request is the edge of a
-call tree: it gets a deadline (the app's timeout), a request id (from
-``Idempotency-Key`` when the route honours it, so a repeat is the same call)
-and a trace parent (``traceparent`` header, if any).
+field; no input produces a 500 or a traceback; a method that a path does
+not serve is a 405 whose ``Allow`` names every method it does. Each request
+is the edge of a call tree: it gets a deadline (the app's timeout), a
+request id (from ``Idempotency-Key`` when the route honours it, so a repeat
+is the same call) and a trace parent (``traceparent`` header, if any).
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as StarletteRoute
+from starlette.routing import request_response
+from starlette.types import Receive, Scope, Send
 
 from cleave.context import CallContext, _current, new_request_id
 from cleave.errors import CallError, DeadlineExceeded, RemoteError, Unavailable
 from cleave.gateway.openapi import openapi
-from cleave.gateway.routes import Gateway, Route
+from cleave.gateway.routes import Gateway, Route, idempotency_key_problem
 from cleave.messages import to_json
 from cleave.observability.tracing import SERVER, Span, id_attributes, tracer
 from cleave.runtime.router import Router
@@ -38,6 +41,8 @@ log = structlog.get_logger("cleave.gateway", service="gateway")
 
 MAX_BODY = 1 << 20
 _JSON = "application/json"
+
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class _BadRequest(Exception):
@@ -61,14 +66,20 @@ def _request_id(request: Request, route: Route) -> str:
     if route.idempotency_key:
         key = request.headers.get("idempotency-key")
         if key is not None:
-            if not 0 < len(key) <= 255 or not key.isprintable():
-                raise _BadRequest(
-                    400,
-                    "InvalidArgument",
-                    "Idempotency-Key must be 1 to 255 printable characters",
-                )
+            problem = idempotency_key_problem(key)
+            if problem:
+                raise _BadRequest(400, "InvalidArgument", problem)
             return f"idem:{route.name}:{key}"
     return new_request_id()
+
+
+def _number(literal: str) -> float | int:
+    # JSON Schema, and so the OpenAPI document, counts 2.0 as an `integer`; msgspec does not.
+    value = float(literal)
+    return int(value) if value.is_integer() else value
+
+
+_BODY = msgspec.json.Decoder(float_hook=_number)
 
 
 async def _decode(request: Request, route: Route) -> Any:
@@ -82,7 +93,7 @@ async def _decode(request: Request, route: Route) -> Any:
                 f"the request body is empty; send a JSON object ({route.method.request.__name__})",
             )
         try:
-            parsed = msgspec.json.decode(body)
+            parsed = _BODY.decode(body)
         except msgspec.DecodeError as exc:
             raise _BadRequest(
                 400, "InvalidJSON", f"the request body is not valid JSON: {exc}"
@@ -131,9 +142,7 @@ async def _read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def _endpoint(
-    route: Route, router: Router, timeout: float, access_log: bool
-) -> Callable[[Request], Awaitable[Response]]:
+def _endpoint(route: Route, router: Router, timeout: float, access_log: bool) -> Endpoint:
     method = route.method
     # The gateway is a caller like any other: [gateway.calls.<service>] tunes this policy.
     policy = router.policy("gateway", method)
@@ -227,15 +236,40 @@ def _call_error(exc: CallError, request_id: str) -> Response:
     return _error(exc.http_status, exc.kind, exc.message or exc.kind, request_id, headers)
 
 
+class _Path:
+    """Every method of one path: the endpoint of each, and a 405 naming them all for others.
+
+    An ASGI app rather than a function, so that Starlette passes every method through.
+    """
+
+    def __init__(self, table: dict[str, Endpoint]) -> None:
+        self.table = dict(table)
+        if "GET" in self.table:
+            self.table.setdefault("HEAD", self.table["GET"])  # the server sends no body to HEAD
+        self.allow = ", ".join(sorted(self.table))
+        self.app = request_response(self.dispatch)
+
+    async def dispatch(self, request: Request) -> Response:
+        endpoint = self.table.get(request.method)
+        if endpoint is None:
+            return _error(
+                405,
+                "MethodNotAllowed",
+                f"{request.method} is not allowed on {request.url.path}; use {self.allow}",
+                "",
+                {"allow": self.allow},
+            )
+        return await endpoint(request)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
 def build_asgi(
     gateway: Gateway, router: Router, *, timeout: float, app_name: str, access_log: bool = False
 ) -> Starlette:
     """The gateway's Starlette app, calling contract methods through ``router``."""
     document = to_json(openapi(gateway, title=app_name))
-    routes = [
-        StarletteRoute(r.path, _endpoint(r, router, timeout, access_log), methods=[r.http_method])
-        for r in gateway.routes
-    ]
 
     async def openapi_json(request: Request) -> Response:
         return Response(document, media_type=_JSON)
@@ -243,8 +277,13 @@ def build_asgi(
     async def healthz(request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type=_JSON)
 
-    routes.append(StarletteRoute("/openapi.json", openapi_json, methods=["GET"]))
-    routes.append(StarletteRoute("/healthz", healthz, methods=["GET"]))
+    # One Starlette route per path, whatever its methods: a 405 must name all of them.
+    by_path: dict[str, dict[str, Endpoint]] = {}
+    for r in gateway.routes:
+        by_path.setdefault(r.path, {})[r.http_method] = _endpoint(r, router, timeout, access_log)
+    by_path.setdefault("/openapi.json", {})["GET"] = openapi_json
+    by_path.setdefault("/healthz", {})["GET"] = healthz
+    routes = [StarletteRoute(path, _Path(table)) for path, table in by_path.items()]
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

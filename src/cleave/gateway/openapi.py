@@ -2,7 +2,10 @@
 
 The request and response messages are the schema: msgspec turns their types
 and constraints (``Meta(ge=1)``, ``min_length``...) into JSON Schema, so the
-document cannot drift from what the gateway validates.
+document cannot drift from what the gateway validates. Each operation lists
+the error statuses the gateway can answer it with, every one with the error
+body's schema (``{"error": {"kind", "message", "request_id"}}``), the
+headers it reads and sets, and its links (``Gateway.route(links=...)``).
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from typing import Any
 
 import msgspec
 
-from cleave.gateway.routes import Gateway, Route
+from cleave.contracts import MethodSpec
+from cleave.errors import DefinitionError
+from cleave.gateway.routes import IDEMPOTENCY_KEY_SCHEMA, Gateway, Route
 
 __all__ = ["openapi"]
 
@@ -21,26 +26,40 @@ _REF = "#/components/schemas/{name}"
 _ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["error"],
+    "additionalProperties": False,
     "properties": {
         "error": {
             "type": "object",
-            "required": ["kind", "message"],
+            "required": ["kind", "message", "request_id"],
+            "additionalProperties": False,
             "properties": {
-                "kind": {"type": "string", "examples": ["InvalidArgument"]},
-                "message": {"type": "string"},
-                "request_id": {"type": "string"},
+                "kind": {
+                    "type": "string",
+                    "description": "What went wrong, for code to branch on.",
+                    "examples": ["InvalidArgument", "NotFound", "Unavailable"],
+                },
+                "message": {
+                    "type": "string",
+                    "minLength": 1,
+                    "description": "What went wrong and what to do, for people.",
+                },
+                "request_id": {
+                    "type": "string",
+                    "description": "The request's id (empty if it had none yet); logs carry it.",
+                },
             },
         }
     },
 }
 
-_ERRORS = {
-    "400": "The request body is not valid JSON.",
-    "404": "The thing named does not exist.",
-    "409": "The request clashes with current state, or an idempotency key was reused.",
-    "422": "A field is missing, has the wrong type, or breaks a constraint.",
-    "503": "The service that would answer is unavailable; retry after Retry-After.",
-    "504": "The request did not finish before its deadline.",
+_REQUEST_ID: dict[str, Any] = {
+    "description": "The request's id: the call tree and its logs carry it.",
+    "schema": {"type": "string"},
+}
+_RETRY_AFTER: dict[str, Any] = {
+    "description": "Seconds to wait before trying again.",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1},
 }
 
 
@@ -52,7 +71,8 @@ def openapi(gateway: Gateway, *, title: str) -> dict[str, Any]:
     components["Error"] = _ERROR_SCHEMA
     paths: dict[str, dict[str, Any]] = {}
     for route in gateway.routes:
-        paths.setdefault(route.path, {})[route.http_method.lower()] = _operation(route, components)
+        operation = _operation(route, components, gateway)
+        paths.setdefault(route.path, {})[route.http_method.lower()] = operation
     return {
         "openapi": "3.1.0",
         "info": {
@@ -65,7 +85,11 @@ def openapi(gateway: Gateway, *, title: str) -> dict[str, Any]:
     }
 
 
-def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
+def operation_id(method: MethodSpec) -> str:
+    return f"{method.contract.name}_{method.name}"
+
+
+def _operation(route: Route, components: dict[str, Any], gateway: Gateway) -> dict[str, Any]:
     request = route.method.request
     req_schema = components[request.__name__]
     props: dict[str, Any] = req_schema.get("properties", {})
@@ -84,16 +108,20 @@ def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
                 "name": "Idempotency-Key",
                 "in": "header",
                 "required": False,
-                "description": "Repeat a request safely: the same key gives the same result.",
-                "schema": {"type": "string", "maxLength": 255},
+                "description": (
+                    "Repeat a request safely: the same key gives the same result. 1 to 255 "
+                    "printable ASCII characters, not starting or ending with a space "
+                    "(a UUID works)."
+                ),
+                "schema": IDEMPOTENCY_KEY_SCHEMA,
             }
         )
     op: dict[str, Any] = {
-        "operationId": f"{route.method.contract.name}_{route.method.name}",
+        "operationId": operation_id(route.method),
         "summary": route.summary or f"{route.method.qualname}",
         "tags": [route.method.contract.name],
         "parameters": params,
-        "responses": _responses(route, components),
+        "responses": _responses(route, components, gateway),
     }
     if route.has_body:
         body = copy.deepcopy(req_schema)
@@ -105,18 +133,121 @@ def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
     return op
 
 
-def _responses(route: Route, components: dict[str, Any]) -> dict[str, Any]:
+def _responses(route: Route, components: dict[str, Any], gateway: Gateway) -> dict[str, Any]:
     response = route.method.response
     schema: dict[str, Any] = {"$ref": _REF.format(name=response.__name__)}
     if route.unwrap is not None:
         schema = components[response.__name__]["properties"][route.unwrap]
-    out: dict[str, Any] = {
-        str(s): {"description": "Success.", "content": {"application/json": {"schema": schema}}}
-        for s in route.statuses
-    }
-    for code, text in _ERRORS.items():
+    links = _links(route, components, gateway)
+    out: dict[str, Any] = {}
+    for status in route.statuses:
+        out[str(status)] = {
+            "description": "Success.",
+            "headers": {"X-Request-Id": _REQUEST_ID},
+            "content": {"application/json": {"schema": schema}},
+        }
+        if links:
+            out[str(status)]["links"] = links
+    for code, text in sorted(_errors(route).items()):
+        headers = {"X-Request-Id": _REQUEST_ID}
+        if code == "503":
+            headers["Retry-After"] = _RETRY_AFTER
         out[code] = {
             "description": text,
+            "headers": headers,
             "content": {"application/json": {"schema": {"$ref": _REF.format(name="Error")}}},
         }
     return out
+
+
+def _errors(route: Route) -> dict[str, str]:
+    """The error statuses the gateway can answer ``route`` with, and why."""
+    errors: dict[str, list[str]] = {}
+
+    def add(status: int, text: str) -> None:
+        errors.setdefault(str(status), []).append(text)
+
+    if route.has_body:
+        add(400, "The request body is not valid JSON (InvalidJSON).")
+    if route.idempotency_key:
+        add(400, "The Idempotency-Key header breaks its format (InvalidArgument).")
+    add(404, "The thing named does not exist (NotFound).")
+    add(409, "The request clashes with current state (Conflict).")
+    if route.idempotency_key:
+        add(409, "The Idempotency-Key was already used for a different request (Conflict).")
+    if route.has_body:
+        add(413, "The request body is over 1 MiB (TooLarge).")
+    add(
+        422,
+        "A field is missing, has the wrong type, breaks a constraint or names something "
+        "unknown (InvalidArgument).",
+    )
+    for kind, error in sorted(route.method.contract.errors.items()):
+        doc = (error.__doc__ or "").strip().split("\n")[0]
+        add(error.http_status, f"{doc} ({kind})." if doc else f"{kind}.")
+    add(502, "A service failed; its logs hold the details under the request id (RemoteError).")
+    add(503, "No service could take the request now; retry after Retry-After (Unavailable).")
+    add(
+        504,
+        "The request did not finish before its deadline; it may still complete (DeadlineExceeded).",
+    )
+    return {status: " ".join(texts) for status, texts in errors.items()}
+
+
+def _links(route: Route, components: dict[str, Any], gateway: Gateway) -> dict[str, Any]:
+    """``route``'s links as OpenAPI link objects, their parameters found by name if not given."""
+    out: dict[str, Any] = {}
+    for name, (target, given) in route.links.items():
+        to = _route_serving(gateway, target)
+        if to is None:
+            raise DefinitionError(
+                f"route {route.name}: link {name!r} leads to {target.qualname}, which no route "
+                "of the gateway serves; declare a route for it, or drop the link"
+            )
+        schema = components[to.method.request.__name__]
+        required = set(schema.get("required", ()))
+        unknown = set(given) - {*to.path_params, *to.query_params}
+        if unknown:
+            raise DefinitionError(
+                f"route {route.name}: link {name!r} sets {sorted(unknown)}, which are not "
+                f"parameters of {to.name} (it takes {[*to.path_params, *to.query_params]})"
+            )
+        parameters: dict[str, str] = {}
+        for p in (*to.path_params, *to.query_params):
+            expression = given.get(p) or _expression_for(route, p, components)
+            if expression:
+                parameters[p] = expression
+            elif p in to.path_params or p in required:
+                raise DefinitionError(
+                    f"route {route.name}: link {name!r} to {to.name} needs `{p}`, which is not "
+                    f"a field of {route.method.response.__name__} nor of "
+                    f"{route.method.request.__name__}; give it, e.g. "
+                    f'({target.qualname}, {{"{p}": "$response.body#/id"}})'
+                )
+        out[name] = {
+            "operationId": operation_id(to.method),
+            "parameters": parameters,
+            "description": f"{to.name}: {to.summary}" if to.summary else to.name,
+        }
+    return out
+
+
+def _route_serving(gateway: Gateway, method: MethodSpec) -> Route | None:
+    """The route that serves ``method`` (a GET one if there are several)."""
+    routes = [r for r in gateway.routes if r.method is method]
+    return next((r for r in routes if r.http_method == "GET"), routes[0] if routes else None)
+
+
+def _expression_for(route: Route, name: str, components: dict[str, Any]) -> str:
+    """Where a value named ``name`` is in ``route``'s response, else its request ("" if nowhere)."""
+    if route.unwrap is None and name in components[route.method.response.__name__].get(
+        "properties", {}
+    ):
+        return f"$response.body#/{name}"
+    if name in route.path_params:
+        return f"$request.path.{name}"
+    if name in route.query_params:
+        return f"$request.query.{name}"
+    if route.has_body and name in route.fields:
+        return f"$request.body#/{name}"
+    return ""

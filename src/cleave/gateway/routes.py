@@ -5,19 +5,31 @@
     gateway = cleave.Gateway(title="Shop", version="1.0.0")
     gateway.get("/v1/products/{sku}", Catalog.get_product)
     gateway.get("/v1/products", Catalog.list_products, unwrap="products")
-    gateway.post("/v1/orders", Orders.place_order, status=201, idempotency_key=True)
+    gateway.post(
+        "/v1/orders",
+        Orders.place_order,
+        status=201,
+        idempotency_key=True,
+        links={"GetOrder": Orders.get_order},
+    )
 
 The request message is filled from the path parameters, the query string
 (for fields not in the path) and, for POST/PUT/PATCH, the JSON body; it is
 then validated against the message type, so a bad field is answered with
 422 and a message naming it (``$.items[0].qty``). The response message is
 sent as JSON, or one of its fields with ``unwrap=``.
+
+``links=`` says where a response leads, as OpenAPI links (clients and
+fuzzers follow them): each names a contract method that another route
+serves. Its parameters are taken from the response's fields of the same
+name (``order_id`` above), else the request's; name them yourself with
+``(Orders.get_order, {"order_id": "$response.body#/id"})``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -26,13 +38,44 @@ from cleave.contracts import ContractSpec, MethodSpec, method_of
 from cleave.errors import DefinitionError
 from cleave.messages import Message
 
-__all__ = ["Gateway", "Route"]
+__all__ = ["IDEMPOTENCY_KEY_SCHEMA", "Gateway", "Route", "idempotency_key_problem"]
 
 _PARAM = re.compile(r"{([a-zA-Z_][a-zA-Z0-9_]*)}")
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 
+#: What an ``Idempotency-Key`` may be: 1 to 255 printable ASCII characters (a space only
+#: inside, since HTTP strips it at either end). The gateway enforces exactly this.
+IDEMPOTENCY_KEY_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 255,
+    "pattern": "^[!-~]([ -~]*[!-~])?$",
+}
+
+
+def idempotency_key_problem(key: str) -> str:
+    """What is wrong with ``key`` as an ``Idempotency-Key``, or "" if nothing."""
+    advice = "send 1 to 255 printable ASCII characters, e.g. a UUID"
+    if not key:
+        return f"the Idempotency-Key header is empty; {advice}"
+    if len(key) > 255:
+        return f"the Idempotency-Key header is {len(key)} characters long; {advice}"
+    for i, c in enumerate(key):
+        if not " " <= c <= "~":
+            return (
+                f"the Idempotency-Key header holds {c!r} at position {i}, which is not "
+                f"printable ASCII; {advice}"
+            )
+    if key[0] == " " or key[-1] == " ":
+        return f"the Idempotency-Key header starts or ends with a space; {advice}"
+    return ""
+
+
 #: A fixed status code, or one computed from the response message.
 Status = int | Callable[[Any], int]
+#: Where a response leads: a contract method (parameters found by name), or one with
+#: its parameters as OpenAPI runtime expressions (``{"order_id": "$response.body#/id"}``).
+LinkTarget = Callable[..., Any] | tuple[Callable[..., Any], Mapping[str, str]]
 
 
 class Route:
@@ -49,6 +92,7 @@ class Route:
         idempotency_key: bool,
         summary: str,
         statuses: tuple[int, ...] = (),
+        links: Mapping[str, LinkTarget] | None = None,
     ) -> None:
         self.http_method = http_method
         self.path = path
@@ -83,6 +127,11 @@ class Route:
                 f"route {http_method} {path}: unwrap={unwrap!r} is not a field of "
                 f"{method.response.__name__}"
             )
+        #: name -> (the method it leads to, the parameters given; the others are found by name)
+        self.links: dict[str, tuple[MethodSpec, dict[str, str]]] = {}
+        for name, target in (links or {}).items():
+            call, parameters = target if isinstance(target, tuple) else (target, {})
+            self.links[name] = (method_of(call), dict(parameters))
 
     @property
     def name(self) -> str:
@@ -115,6 +164,7 @@ class Gateway:
         idempotency_key: bool = False,
         summary: str = "",
         statuses: tuple[int, ...] = (),
+        links: Mapping[str, LinkTarget] | None = None,
     ) -> Route:
         """Map ``http_method path`` to the contract method ``call`` (e.g. ``Billing.charge``)."""
         http_method = http_method.upper()
@@ -131,6 +181,7 @@ class Gateway:
             idempotency_key=idempotency_key,
             summary=summary or (getattr(call, "__doc__", None) or "").strip().split("\n")[0],
             statuses=statuses,
+            links=links,
         )
         self.routes.append(route)
         return route

@@ -5,6 +5,10 @@ default): the topology from the declared dependencies (every call and event
 flow with its live rate, error rate and p99), the processes, throughput over
 the last minutes, event streams with their lag and dead letters, and recent
 traces with a waterfall and a search by order id, trace id or any other id.
+Dead letters are listed with replay and purge buttons, which do what
+``cleave dlq replay`` and ``cleave dlq purge`` do: ``GET /api/dead-letters``,
+``POST /api/dead-letters/replay`` and ``/purge`` with ``{"ids": [...]}`` or
+``{"all": true}``, and ``"service"`` to keep to one service.
 
 The page polls small JSON endpoints (``/api/overview``, ``/api/traces``) and
 draws with plotly.js, served from the ``plotly`` package: no build step, no
@@ -22,12 +26,14 @@ import time
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from cleave._aio import cancel_and_wait
+from cleave.errors import CleaveError, ConfigError
 from cleave.observability.metrics import merge_snapshots, p99_of
 from cleave.observability.tracing import summaries
 
@@ -49,7 +55,21 @@ class Source(Protocol):
     async def spans(self, query: str, limit: int) -> list[dict[str, Any]]: ...
     async def trace(self, trace_id: str) -> list[dict[str, Any]]: ...
     async def dead_letters(self) -> list[dict[str, Any]]: ...
+    async def replay_dead_letters(
+        self, ids: list[str] | None, service: str | None
+    ) -> list[dict[str, Any]]: ...
+    async def purge_dead_letters(
+        self, ids: list[str] | None, service: str | None
+    ) -> list[dict[str, Any]]: ...
     async def metrics(self) -> bytes: ...
+
+
+class _LetterAction(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The body of a replay or purge: some letters by id, or all (of one service)."""
+
+    ids: list[str] = []
+    all: bool = False
+    service: str | None = None
 
 
 class Dashboard:
@@ -128,6 +148,7 @@ class Dashboard:
             "streams": self._streams(old, new, span),
             "outbox": new.get("outbox", {}),
             "sagas": new.get("sagas", {}),
+            "sagas_stuck": {k: v for k, v in new.get("sagas_stuck", {}).items() if v},
             "breakers": [b for b in new.get("breakers", []) if b["state"] != "closed"],
             "series": self._series(),
         }
@@ -309,6 +330,21 @@ class Dashboard:
         async def dead_letters(request: Request) -> JSONResponse:
             return JSONResponse(await self.source.dead_letters())
 
+        async def act_on_letters(request: Request) -> JSONResponse:
+            # The same as `cleave dlq replay|purge`: ids, or all (of one service).
+            try:
+                body = msgspec.json.decode(await request.body() or b"{}", type=_LetterAction)
+                if bool(body.ids) == body.all:
+                    raise ConfigError('give the letters\' "ids", or "all": true (not both)')
+                ids = None if body.all else body.ids
+                if request.url.path.endswith("/replay"):
+                    done = await self.source.replay_dead_letters(ids, body.service)
+                else:
+                    done = await self.source.purge_dead_letters(ids, body.service)
+            except (msgspec.DecodeError, CleaveError) as exc:
+                return JSONResponse({"error": str(exc)}, status_code=400)
+            return JSONResponse(done)
+
         async def metrics(request: Request) -> Response:
             return Response(await self.source.metrics(), media_type="text/plain; version=0.0.4")
 
@@ -319,6 +355,8 @@ class Dashboard:
             Route("/api/traces", traces, methods=["GET"]),
             Route("/api/traces/{trace_id}", trace, methods=["GET"]),
             Route("/api/dead-letters", dead_letters, methods=["GET"]),
+            Route("/api/dead-letters/replay", act_on_letters, methods=["POST"]),
+            Route("/api/dead-letters/purge", act_on_letters, methods=["POST"]),
             Route("/metrics", metrics, methods=["GET"]),
         ]
 

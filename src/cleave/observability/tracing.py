@@ -9,10 +9,12 @@ caused it.
 Recording is Cleave's own and cheap (about 1 us a span, against 9 to 14 us
 for the OpenTelemetry SDK's, measured here), because the monolith makes a
 call in about 2 us and traces every one of them. Finished spans go to a
-bounded in-memory store that the dashboard reads; when
-``OTEL_EXPORTER_OTLP_ENDPOINT`` is set they are also handed, in batches and
-off the call path, to OpenTelemetry's OTLP exporter (``service.name`` is the
-service that recorded the span).
+bounded in-memory store that the dashboard reads: the most recent
+``[observability] spans`` of the process, older ones giving way. When
+``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``)
+is set they are also queued for export over OTLP (``service.name`` is the
+service that recorded the span): see :mod:`cleave.observability.otlp`, which
+counts every span it cannot export.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ from __future__ import annotations
 import collections
 import os
 import random
-import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import structlog
+if TYPE_CHECKING:
+    from cleave.observability.otlp import OtlpExport
 
 __all__ = [
     "CLIENT",
@@ -39,8 +41,6 @@ __all__ = [
     "summarize",
     "tracer",
 ]
-
-log = structlog.get_logger("cleave.tracing")
 
 SERVER, CLIENT, PRODUCER, CONSUMER, INTERNAL = (
     "server",
@@ -110,17 +110,25 @@ class Tracer:
         self.enabled = True
         self.sample_rate = 1.0
         self.spans: collections.deque[Span] = collections.deque(maxlen=capacity)
-        self._export: collections.deque[Span] | None = None
-        self._exporter: Any = None
+        #: Where finished spans are also sent, if anywhere (OTLP; see ``configure``).
+        self.export: OtlpExport | None = None
 
     def configure(
         self, *, enabled: bool = True, sample_rate: float = 1.0, capacity: int = 20_000
     ) -> None:
+        """Apply ``[observability]``; start the OTLP export if an endpoint is set."""
         self.enabled = enabled
         self.sample_rate = sample_rate
         self.spans = collections.deque(self.spans, maxlen=capacity)
-        if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") and self._exporter is None:
-            self._start_export()
+        endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
+            "OTEL_EXPORTER_OTLP_ENDPOINT"
+        )
+        if endpoint and self.export is None:
+            from cleave.observability.otlp import OtlpExport
+
+            export = OtlpExport.from_env()
+            export.start()
+            self.export = export
 
     def start(self, name: str, kind: str, service: str, parent: str = "") -> Span | None:
         """A new span under ``parent`` (a traceparent), or None if this trace is not sampled.
@@ -143,8 +151,9 @@ class Tracer:
         span.end = time.time()
         span.error = error
         self.spans.append(span)
-        if self._export is not None:
-            self._export.append(span)
+        export = self.export
+        if export is not None:
+            export.offer(span)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -174,37 +183,6 @@ class Tracer:
     def search(self, query: str = "", limit: int = 50) -> list[dict[str, Any]]:
         """Summaries of recent traces, newest first (see :func:`summaries`)."""
         return summaries(self.recent(query, limit), limit)
-
-    # -- OTLP export -------------------------------------------------------------------------
-
-    def _start_export(self) -> None:
-        try:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        except ImportError:  # pragma: no cover - the exporter is a dependency
-            log.warning("OTEL_EXPORTER_OTLP_ENDPOINT is set but the OTLP exporter is missing")
-            return
-        self._exporter = OTLPSpanExporter()
-        self._export = collections.deque(maxlen=100_000)
-        threading.Thread(target=self._export_loop, name="cleave-otlp", daemon=True).start()
-
-    def _export_loop(self) -> None:
-        from cleave.observability.otlp import to_readable
-
-        pending = self._export
-        assert pending is not None
-        while True:
-            time.sleep(1.0)
-            batch: list[Span] = []
-            while pending and len(batch) < 2048:
-                batch.append(pending.popleft())  # deque ends are thread-safe
-            if not batch:
-                continue
-            try:
-                self._exporter.export([to_readable(s) for s in batch])
-            except Exception as exc:  # an exporter must never hurt the service
-                log.warning(
-                    "OTLP export failed", error=f"{type(exc).__name__}: {exc}", spans=len(batch)
-                )
 
 
 def summaries(spans: list[dict[str, Any]], limit: int = 50) -> list[dict[str, Any]]:

@@ -27,9 +27,10 @@ from starlette.routing import Route
 
 from cleave.errors import CleaveError
 from cleave.faults import Faults
-from cleave.observability.metrics import HostCollector, host_snapshot, refresher, registry_for
+from cleave.observability.metrics import registry_for
 from cleave.observability.metrics import render as render_metrics
 from cleave.observability.tracing import tracer
+from cleave.runtime.hostmetrics import HostCollector, host_snapshot, refresher
 
 if TYPE_CHECKING:
     from cleave.runtime.host import Host

@@ -22,13 +22,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgspec
 
 from cleave.data.database import Database
+from cleave.data.deadletters import DeadLetterStore, Replayer
 from cleave.data.inbox import EventConsumer
-from cleave.data.janitor import Janitor
+from cleave.data.janitor import Janitor, Retention
 from cleave.data.outbox import OutboxRelay
 from cleave.data.saga import SagaRunner
 from cleave.errors import LifecycleError
 from cleave.runtime.dispatch import Dispatcher
 from cleave.runtime.router import Router, make_client
+from cleave.runtime.subscriptions import plan_subscriptions
 from cleave.transport.base import ConsumerPolicy
 
 if TYPE_CHECKING:
@@ -99,6 +101,8 @@ class Host:
         self.consumers: list[EventConsumer] = []
         self.sagas: list[SagaRunner[Any]] = []
         self.janitors: list[Janitor] = []
+        #: Replays the dead letters marked for replay of this host's consumers.
+        self.replayer = Replayer([])
         self.subscriptions: list[Subscription] = []
         self.consumer_subscriptions: list[tuple[EventConsumer, Subscription]] = []
         self.state = HostState.NEW
@@ -129,8 +133,11 @@ class Host:
             relay.start()
         for runner in self.sagas:
             runner.start_recovery()
+        self.replayer = Replayer(self.consumers)
+        self.replayer.start()
+        retention = Retention.of(self.plan.events)
         for db in self.databases.values():
-            janitor = Janitor(db)
+            janitor = Janitor(db, retention=retention)
             janitor.start()
             self.janitors.append(janitor)
         if self.server is not None:
@@ -144,7 +151,7 @@ class Host:
             declared: Database = getattr(spec.cls, spec.database)
             url = self.plan.database_url(name, self.data_dir)
             subjects = {ev: spec.contract.event_subject(ev) for ev in spec.contract.events}
-            db = declared.bind(name, url, subjects)
+            db = declared.bind(name, url, subjects, synchronous=self.plan.database.synchronous)
             await db.start()
             self.databases[name] = db
             instance.__dict__[spec.database] = db
@@ -169,13 +176,18 @@ class Host:
             subjects = [f"cleave.evt.{name}.>"]
             await self.broker.ensure_stream(spec.contract.stream, subjects)
             self.relays[name] = OutboxRelay(db, self.broker, holder=self.instance)
+        if not spec.subscriptions:
+            return
+        assert db is not None  # checked when the service was declared
         for sub in spec.subscriptions:
-            assert db is not None  # checked when the service was declared
             source = self.app.event_sources[sub.event]
             await self.broker.ensure_stream(source.stream, [f"cleave.evt.{source.name}.>"])
+        # Where each consumer starts; refuses a renamed subscription the author said nothing of.
+        for start in await plan_subscriptions(self.app, name, self.plan, self.broker, db):
+            sub = start.sub
             consumer = EventConsumer(
                 service=name,
-                name=f"{name}-{sub.attr}".replace("_", "-"),
+                name=start.durable,
                 event=sub.event,
                 handler=getattr(self.instances[name], sub.attr),
                 db=db,
@@ -184,16 +196,19 @@ class Host:
                 timeout=self.plan.runtime.event_timeout,
             )
             self.consumers.append(consumer)
+            await start.prepare(db)
             subscription = await self.broker.subscribe(
-                source.stream,
+                start.stream,
                 consumer.name,
-                source.event_subject(sub.event),
+                start.subject,
                 consumer.deliver,
                 self.consumer_policy,
                 consumer.deliver_batch,
+                start=start.start,
             )
             self.subscriptions.append(subscription)
             self.consumer_subscriptions.append((consumer, subscription))
+            await start.finish(self.broker)
 
     def inject(self, service: str, faults: Faults | None) -> None:
         """Set (or with None, clear) injected faults on a service of this host."""
@@ -205,12 +220,16 @@ class Host:
     async def status(self) -> dict[str, Any]:
         """What this host is doing: backlogs, consumers, sagas (for ``cleave status``)."""
         consumers = {}
+        kept: dict[str, int] = {}  # dead letters in the databases now, per consumer
+        for service, db in {c.service: c.db for c in self.consumers}.items():
+            kept.update(await DeadLetterStore(db, service).counts())
         for consumer, subscription in self.consumer_subscriptions:
             consumers[consumer.name] = {
                 "processed": consumer.processed,
                 "duplicates": consumer.duplicates,
                 "failures": consumer.failures,
                 "dead_lettered": consumer.dead_lettered,
+                "dead_letters": kept.get(consumer.name, 0),
                 "pending": await subscription.pending(),
             }
         return {
@@ -219,6 +238,7 @@ class Host:
             "outbox": {name: await relay.backlog() for name, relay in self.relays.items()},
             "published": {name: relay.published for name, relay in self.relays.items()},
             "sagas": {runner.kind: await runner.pending() for runner in self.sagas},
+            "sagas_stuck": {runner.kind: await runner.stuck() for runner in self.sagas},
             "consumers": consumers,
             "in_flight": getattr(self.server, "in_flight", 0),
             "faults": {
@@ -245,6 +265,7 @@ class Host:
             await self.server.stop()
         for sub in self.subscriptions:
             await sub.stop()
+        await self.replayer.stop()
         for runner in self.sagas:
             await runner.stop()
         for janitor in self.janitors:

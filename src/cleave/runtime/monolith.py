@@ -1,8 +1,10 @@
 """The monolith placement: every service and the gateway in one process.
 
 A call is a direct await, events go through the same outbox and inbox as in
-the processes placement, relayed over the in-process broker (which holds an
-outbox row until every consumer has settled it, so a crash loses nothing).
+the processes placement, relayed over the in-process broker: each consumer
+has its own delivery and redelivery, as on JetStream, and an outbox row is
+deleted only once every consumer has settled its event, so a crash loses
+nothing (the rows left are published again; inboxes skip what was handled).
 """
 
 from __future__ import annotations
@@ -73,8 +75,8 @@ async def run(
 ) -> None:
     """Run the app as a monolith until SIGINT or SIGTERM; the dashboard on ``admin_port``."""
     from cleave.observability.dashboard import Dashboard
-    from cleave.observability.sources import LocalSource
     from cleave.runtime.logs import configure as configure_logs
+    from cleave.runtime.sources import LocalSource
     from cleave.runtime.worker import code_version
 
     obs = loaded.plan.observability

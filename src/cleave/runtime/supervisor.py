@@ -35,13 +35,13 @@ from starlette.applications import Starlette
 
 from cleave.errors import CleaveError, ConfigError, LifecycleError
 from cleave.observability.dashboard import Dashboard
-from cleave.observability.sources import FleetSource
 from cleave.runtime import control, runstate
 from cleave.runtime.children import Child, Children
 from cleave.runtime.health import HealthMonitor
 from cleave.runtime.http import HttpServer, bind, bind_admin
 from cleave.runtime.natsd import EmbeddedNats
 from cleave.runtime.operations import Operations
+from cleave.runtime.sources import FleetSource
 
 if TYPE_CHECKING:
     import socket

@@ -91,7 +91,9 @@ async def _serve(
             app,
             plan,
             names,
-            broker=JetStreamBroker(nc, prefix=prefix),
+            broker=JetStreamBroker(
+                nc, prefix=prefix, max_age=plan.events.retention_days * 24 * 3600.0
+            ),
             data_dir=loaded.data_dir,
             instance=instance,
             remote=NatsRpcClient(nc, prefix=prefix),

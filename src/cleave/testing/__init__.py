@@ -247,7 +247,9 @@ class NatsHarness:
             self.app,
             self.plan,
             names,
-            broker=JetStreamBroker(nc, prefix=self.prefix),
+            broker=JetStreamBroker(
+                nc, prefix=self.prefix, max_age=self.plan.events.retention_days * 24 * 3600.0
+            ),
             data_dir=self.data_dir,
             instance=label,
             remote=NatsRpcClient(nc, prefix=self.prefix),

@@ -3,6 +3,8 @@
 - :class:`RpcClient` sends one call to a service that is not in this process.
 - :class:`Broker` stores events in durable streams and delivers them to
   durable consumers with explicit acknowledgement and bounded redelivery.
+  (Dead letters are not the broker's: the consumer keeps them in its own
+  database, see :mod:`cleave.data.deadletters`.)
 
 Each has an in-memory implementation (:mod:`cleave.transport.local`) and a
 NATS one (:mod:`cleave.transport.nats`), tested against the same suite: the
@@ -18,15 +20,17 @@ from typing import TYPE_CHECKING, Protocol
 import msgspec
 
 if TYPE_CHECKING:
+    import asyncio
+
     from cleave.context import CallContext
     from cleave.contracts import MethodSpec
     from cleave.messages import Message
-    from cleave.types import BatchHandler, DeliveryHandler, Headers, Subject
+    from cleave.types import BatchHandler, DeliveryHandler, Subject
 
 __all__ = [
     "Broker",
     "ConsumerPolicy",
-    "DeadLetter",
+    "ConsumerState",
     "Outgoing",
     "RpcClient",
     "Subscription",
@@ -50,14 +54,6 @@ class Outgoing(msgspec.Struct, frozen=True):
     headers: dict[str, str] = {}
 
 
-class DeadLetter(msgspec.Struct, frozen=True):
-    """An event a consumer gave up on, as kept in the dead-letter stream."""
-
-    subject: str
-    data: bytes
-    headers: dict[str, str]
-
-
 class ConsumerPolicy(msgspec.Struct, frozen=True, kw_only=True):
     """How a durable consumer acknowledges and redelivers."""
 
@@ -77,6 +73,16 @@ class ConsumerPolicy(msgspec.Struct, frozen=True, kw_only=True):
         return self.backoff[min(attempt, len(self.backoff)) - 1] if self.backoff else 0.0
 
 
+class ConsumerState(msgspec.Struct, frozen=True):
+    """A durable consumer as the broker keeps it."""
+
+    name: str
+    #: The subject it delivers (canonical: ``cleave.evt.…``).
+    subject: str
+    #: The stream sequence up to which every message is settled (its ack floor).
+    acked: int
+
+
 class Subscription(Protocol):
     async def pending(self) -> int:
         """Messages not yet delivered or not yet acknowledged."""
@@ -92,10 +98,14 @@ class Broker(Protocol):
         """Create the stream if missing (idempotent)."""
         ...
 
-    async def publish(self, messages: Sequence[Outgoing]) -> None:
-        """Store ``messages`` durably, in order; return once all are acknowledged.
+    async def publish(self, messages: Sequence[Outgoing]) -> Sequence[asyncio.Future[None]] | None:
+        """Store ``messages`` in order; return once all are acknowledged.
 
         A message whose ``msg_id`` was already stored recently is not stored again.
+        None: they are stored durably, the sender may forget them now (JetStream).
+        Otherwise one future per message, done once the sender may forget it,
+        failing if the broker closes first: the in-memory broker, which nothing
+        survives, ends it once every consumer bound at publish time settled it.
         """
         ...
 
@@ -107,20 +117,25 @@ class Broker(Protocol):
         handler: DeliveryHandler,
         policy: ConsumerPolicy,
         batch_handler: BatchHandler | None = None,
+        *,
+        start: int = 0,
     ) -> Subscription:
         """Deliver messages on ``subject`` to ``handler`` via the durable consumer ``durable``.
 
         Replicas that subscribe with the same ``durable`` share its messages.
         A broker may hand several at once to ``batch_handler`` instead.
+        A consumer that does not exist yet is created to deliver from stream
+        sequence ``start`` on, or with 0 (never "new messages only") from the
+        first message the stream still keeps.
         """
         ...
 
-    async def dead_letter(self, subject: Subject, data: bytes, headers: Headers) -> None:
-        """Keep a message that could not be processed, for inspection."""
+    async def consumers(self, stream: str) -> list[ConsumerState]:
+        """The durable consumers the broker keeps on ``stream`` (none if it does not exist)."""
         ...
 
-    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        """The most recent dead letters, oldest first."""
+    async def delete_consumer(self, stream: str, durable: str) -> None:
+        """Delete the durable consumer ``durable`` of ``stream``; nothing if there is none."""
         ...
 
     async def close(self) -> None: ...

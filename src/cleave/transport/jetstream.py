@@ -5,8 +5,9 @@ One stream per producing service (``CLEAVE_<SERVICE>``, subjects
 ``Nats-Msg-Id``. One durable pull consumer per (consuming service, handler),
 shared by that service's replicas: explicit ack, redelivery after
 ``ack_wait`` or after the delay of a ``nak``. After ``max_deliver`` attempts
-the consumer moves a message to the ``CLEAVE_DLQ`` stream (``cleave.dlq.>``)
-and terminates it.
+the consumer keeps the message as a dead letter in its own database and
+terminates it. Streams keep events for ``max_age`` (``[events]
+retention_days`` in cleave.toml, a week by default).
 
 The embedded server runs with ``sync_interval: always``: a publish is
 acknowledged only once it is on disk.
@@ -35,7 +36,8 @@ from nats.js.api import (
 )
 
 from cleave.errors import Unavailable
-from cleave.transport.base import ConsumerPolicy, DeadLetter, Outgoing
+from cleave.transport.base import ConsumerPolicy, ConsumerState, Outgoing
+from cleave.transport.prefix import DEFAULT, canonical_subject, stream_for, subject_for
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
@@ -43,13 +45,12 @@ if TYPE_CHECKING:
 
     from cleave.types import BatchHandler, DeliveryHandler, Headers, Subject
 
-__all__ = ["DLQ_STREAM", "JetStreamBroker"]
+__all__ = ["JetStreamBroker"]
 
 log = structlog.get_logger("cleave.jetstream")
 
 #: Messages in one atomic batch (the server's limit is 1,000).
 ATOMIC_MAX = 500
-DLQ_STREAM = "CLEAVE_DLQ"  # under another prefix: <PREFIX>_DLQ
 _WEEK = 7 * 24 * 3600.0
 
 
@@ -197,7 +198,7 @@ class _PullSubscription:
 class JetStreamBroker:
     """A :class:`~cleave.transport.base.Broker` on NATS JetStream."""
 
-    def __init__(self, nc: NatsClient, *, max_age: float = _WEEK, prefix: str = "cleave") -> None:
+    def __init__(self, nc: NatsClient, *, max_age: float = _WEEK, prefix: str = DEFAULT) -> None:
         self.nc = nc
         self.prefix = prefix
         self.js = nc.jetstream(timeout=10)
@@ -206,10 +207,10 @@ class JetStreamBroker:
         self._atomic: set[str] = set()
 
     def _stream(self, name: str) -> str:
-        return name if self.prefix == "cleave" else f"{self.prefix.upper()}_{name[7:]}"
+        return stream_for(self.prefix, name)
 
     def _subject(self, subject: str) -> str:
-        return subject if self.prefix == "cleave" else self.prefix + subject[6:]
+        return subject_for(self.prefix, subject)
 
     async def ensure_stream(self, name: str, subjects: Sequence[Subject]) -> None:
         if name in self._streams:
@@ -344,6 +345,8 @@ class JetStreamBroker:
         handler: DeliveryHandler,
         policy: ConsumerPolicy,
         batch_handler: BatchHandler | None = None,
+        *,
+        start: int = 0,
     ) -> _PullSubscription:
         config = ConsumerConfig(
             durable_name=durable,
@@ -353,7 +356,10 @@ class JetStreamBroker:
             # Unbounded here: the consumer dead-letters and terminates after
             # policy.max_deliver attempts, so nothing is left unacked for ever.
             max_deliver=-1,
-            deliver_policy=DeliverPolicy.ALL,
+            # Never DeliverPolicy.NEW: an event stored a moment before the
+            # consumer was created would be lost to it.
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start > 0 else DeliverPolicy.ALL,
+            opt_start_seq=start if start > 0 else None,
             max_ack_pending=max(1000, policy.max_in_flight * 16),
         )
         try:
@@ -364,30 +370,36 @@ class JetStreamBroker:
             raise Unavailable(f"cannot create consumer {durable} on {stream}: {exc}") from exc
         return _PullSubscription(psub, handler, policy, batch_handler)
 
-    async def dead_letter(self, subject: Subject, data: bytes, headers: Headers) -> None:
-        await self.ensure_stream(DLQ_STREAM, ["cleave.dlq.>"])
+    async def consumers(self, stream: str) -> list[ConsumerState]:
+        name = self._stream(stream)
+        found: list[ConsumerState] = []
+        offset = 0
         try:
-            await self.js.publish(self._subject(subject), data, headers=dict(headers))
-        except (nats.errors.Error, OSError) as exc:
-            raise Unavailable(f"cannot dead-letter to {DLQ_STREAM}: {exc}") from exc
-
-    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        stream = self._stream(DLQ_STREAM)
-        try:
-            info = await self.js.stream_info(stream)
+            while True:  # listed a page (256) at a time
+                page = await self.js.consumers_info(name, offset=offset or None)
+                if not page:
+                    return found
+                offset += len(page)
+                for info in page:
+                    subject = info.config.filter_subject or next(
+                        iter(info.config.filter_subjects or ()), ""
+                    )
+                    with contextlib.suppress(ValueError):  # not under our prefix: not ours
+                        subject = canonical_subject(self.prefix, subject)
+                    acked = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+                    found.append(ConsumerState(info.name, subject, int(acked or 0)))
         except nats.js.errors.NotFoundError:
-            return []
+            return found
         except (nats.errors.Error, OSError) as exc:
-            raise Unavailable(f"cannot read {stream}: {exc}") from exc
-        last, first = info.state.last_seq, info.state.first_seq
-        letters = []
-        for seq in range(max(first, last - limit + 1), last + 1):
-            with contextlib.suppress(nats.js.errors.NotFoundError):
-                msg = await self.js.get_msg(stream, seq)
-                letters.append(
-                    DeadLetter(msg.subject or "", msg.data or b"", dict(msg.headers or {}))
-                )
-        return letters
+            raise Unavailable(f"cannot list the consumers of stream {stream}: {exc}") from exc
+
+    async def delete_consumer(self, stream: str, durable: str) -> None:
+        try:
+            await self.js.delete_consumer(self._stream(stream), durable)
+        except nats.js.errors.NotFoundError:
+            pass  # gone already (another replica deleted it)
+        except (nats.errors.Error, OSError) as exc:
+            raise Unavailable(f"cannot delete consumer {durable} of {stream}: {exc}") from exc
 
     async def close(self) -> None:
         pass  # the connection belongs to whoever made it

@@ -9,9 +9,12 @@ explicit acknowledgement, an unsettled delivery comes back after
 dead-letters and terminates, see :mod:`cleave.data.inbox`).
 
 The monolith runs on it. Nothing in memory survives a crash, so in
-``settle_before_ack`` mode (the monolith's) ``publish`` returns only once
-every consumer bound at publish time has settled the message: the outbox row
-behind it is deleted only then, and a crash before that replays it.
+``settle_before_ack`` mode (the monolith's) ``publish`` returns, with each
+message stored, a future that is done once every consumer bound at publish
+time has settled that message: the outbox relay deletes the row behind it
+only then, and a crash before that replays it. ``publish`` itself does not
+wait for consumers: each consumer has its own delivery and redelivery, as on
+JetStream, so one failing handler holds back only its own consumer.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from cleave._aio import cancel_and_wait
 from cleave.errors import LifecycleError
-from cleave.transport.base import ConsumerPolicy, DeadLetter, Outgoing
+from cleave.transport.base import ConsumerPolicy, ConsumerState, Outgoing
 
 if TYPE_CHECKING:
     from cleave.types import BatchHandler, DeliveryHandler, Headers, Subject
@@ -68,7 +71,7 @@ class _Stream:
         self.messages: dict[int, _Stored] = {}
         self.seq = itertools.count(1)
         self.high = 0  # the highest sequence assigned so far
-        self.recent: dict[str, float] = {}
+        self.recent: dict[str, tuple[float, int]] = {}  # message id -> (stored at, sequence)
         self.consumers: dict[str, _Consumer] = {}
 
     def accepts(self, subject: str) -> bool:
@@ -231,7 +234,6 @@ class MemoryBroker:
     def __init__(self, *, settle_before_ack: bool = False) -> None:
         self.settle_before_ack = settle_before_ack
         self._streams: dict[str, _Stream] = {}
-        self._dead: list[DeadLetter] = []
         self._closed = False
 
     def _check_open(self) -> None:
@@ -252,33 +254,54 @@ class MemoryBroker:
                 return stream
         raise LifecycleError(f"no stream holds subject {subject!r}; ensure_stream() first")
 
-    async def publish(self, messages: Sequence[Outgoing]) -> None:
+    async def publish(self, messages: Sequence[Outgoing]) -> list[asyncio.Future[None]] | None:
+        """Store ``messages`` in order; return without waiting for any consumer.
+
+        In ``settle_before_ack`` mode, return one future per message, done once
+        every consumer bound at publish time has settled it (at once if none
+        is), failing with :class:`~cleave.errors.LifecycleError` if the broker
+        closes first. A duplicate within the window gets the future of the
+        message already stored. Otherwise return None.
+        """
         self._check_open()
-        waits: list[asyncio.Future[None]] = []
+        settled: list[asyncio.Future[None]] | None = [] if self.settle_before_ack else None
         now = time.monotonic()
         for out in messages:
             stream = self._stream_for(out.subject)
             seen = stream.recent.get(out.msg_id)
-            if seen is not None and now - seen < DUPLICATE_WINDOW:
+            if seen is not None and now - seen[0] < DUPLICATE_WINDOW:
+                if settled is not None:
+                    settled.append(self._settled(stream.messages.get(seen[1])))
                 continue
-            stream.recent[out.msg_id] = now
             seq = stream.high = next(stream.seq)
+            stream.recent[out.msg_id] = (now, seq)
             stored = _Stored(seq, out)
             stored.awaiting = {d for d, c in stream.consumers.items() if c.matches(out.subject)}
             stream.messages[seq] = stored
-            if self.settle_before_ack and stored.awaiting:
-                stored.done = asyncio.get_running_loop().create_future()
-                waits.append(stored.done)
+            if settled is not None:
+                if stored.awaiting:
+                    stored.done = asyncio.get_running_loop().create_future()
+                settled.append(self._settled(stored))
             for consumer in stream.consumers.values():
                 consumer.wakeup.set()
             self._trim(stream, now)
-        if waits:
-            await asyncio.gather(*waits)
+        return settled
+
+    @staticmethod
+    def _settled(stored: _Stored | None) -> asyncio.Future[None]:
+        """The future that ends when ``stored`` is settled (done: it already is, or is gone)."""
+        if stored is not None and stored.done is not None:
+            return stored.done
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
     def _trim(self, stream: _Stream, now: float) -> None:
         # Drop what every consumer has passed and settled; forget old message ids.
         if len(stream.recent) > 10_000:
-            stream.recent = {k: t for k, t in stream.recent.items() if now - t < DUPLICATE_WINDOW}
+            stream.recent = {
+                k: seen for k, seen in stream.recent.items() if now - seen[0] < DUPLICATE_WINDOW
+            }
         if not stream.consumers:
             return
         floor = min(c.cursor for c in stream.consumers.values())
@@ -294,6 +317,8 @@ class MemoryBroker:
         handler: DeliveryHandler,
         policy: ConsumerPolicy,
         batch_handler: BatchHandler | None = None,
+        *,
+        start: int = 0,
     ) -> _MemorySubscription:
         self._check_open()
         st = self._streams.get(stream)
@@ -302,9 +327,11 @@ class MemoryBroker:
         consumer = st.consumers.get(durable)
         if consumer is None:
             consumer = st.consumers[durable] = _Consumer(st, durable, subject, policy)
-            # Messages already stored are delivered too, as with JetStream's DeliverAll.
+            consumer.cursor = max(1, start)
+            # Messages already stored are delivered too, as with JetStream's DeliverAll
+            # (or from ``start`` on, as with DeliverByStartSequence).
             for msg in st.messages.values():
-                if consumer.matches(msg.subject):
+                if msg.seq >= consumer.cursor and consumer.matches(msg.subject):
                     msg.awaiting.add(durable)
         consumer.handlers.append(handler)
         if consumer.task is None:
@@ -312,11 +339,27 @@ class MemoryBroker:
         consumer.wakeup.set()
         return _MemorySubscription(self, consumer, handler)
 
-    async def dead_letter(self, subject: Subject, data: bytes, headers: Headers) -> None:
-        self._dead.append(DeadLetter(subject, data, dict(headers)))
+    async def consumers(self, stream: str) -> list[ConsumerState]:
+        st = self._streams.get(stream)
+        if st is None:
+            return []
+        # The ack floor: below the oldest message still delivered or waiting to be.
+        return [
+            ConsumerState(c.durable, c.subject, min([*c.attempts, c.cursor]) - 1)
+            for c in st.consumers.values()
+        ]
 
-    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        return self._dead[-limit:]
+    async def delete_consumer(self, stream: str, durable: str) -> None:
+        st = self._streams.get(stream)
+        consumer = st.consumers.pop(durable, None) if st is not None else None
+        if consumer is None:
+            return
+        if consumer.task is not None:
+            await cancel_and_wait(consumer.task)
+            consumer.task = None
+        # Whoever waits for every consumer to settle a message waits no more for this one.
+        for seq in list(consumer.stream.messages):
+            consumer.finish(seq)
 
     def pending(self, stream: str, durable: str) -> int:
         """Messages the consumer has not settled yet (for tests and metrics)."""
@@ -346,4 +389,13 @@ class MemoryBroker:
                     await asyncio.gather(*list(c.running), return_exceptions=True)
             for msg in st.messages.values():
                 if msg.done is not None and not msg.done.done():
-                    msg.done.set_exception(LifecycleError("the broker closed before delivery"))
+                    msg.done.set_exception(
+                        LifecycleError(
+                            f"the broker closed before every consumer settled event "
+                            f"{msg.msg_id}; keep its outbox row and publish it again "
+                            "after the restart"
+                        )
+                    )
+                    # Whoever published it may be gone already (a stopped relay):
+                    # mark the error as seen so asyncio does not log it as lost.
+                    msg.done.exception()

@@ -37,6 +37,7 @@ from cleave.errors import (
     to_info,
 )
 from cleave.transport.discovery import Discovery
+from cleave.transport.prefix import DEFAULT, subject_for
 from cleave.transport.wire import Reply, Request, reply_decoder, request_decoder
 
 if TYPE_CHECKING:
@@ -88,15 +89,10 @@ async def connect(url: str, name: str) -> NatsClient:
     return nc
 
 
-def subject_for(prefix: str, subject: str) -> str:
-    """``subject`` (which starts ``cleave.``) under another first token."""
-    return subject if prefix == "cleave" else prefix + subject[6:]
-
-
 class NatsRpcClient:
     """Sends calls to services in other processes."""
 
-    def __init__(self, nc: NatsClient, *, prefix: str = "cleave") -> None:
+    def __init__(self, nc: NatsClient, *, prefix: str = DEFAULT) -> None:
         self.nc = nc
         self.prefix = prefix
 
@@ -170,7 +166,7 @@ class NatsRpcServer:
     """Takes calls from NATS for the services of this process."""
 
     def __init__(
-        self, nc: NatsClient, *, instance: str, version: str, prefix: str = "cleave"
+        self, nc: NatsClient, *, instance: str, version: str, prefix: str = DEFAULT
     ) -> None:
         self.nc = nc
         self.prefix = prefix

@@ -1,8 +1,16 @@
 """Where the dashboard's numbers come from, in each placement.
 
+The runtime hands one of these to the dashboard, which knows only its
+``Source`` protocol (:mod:`cleave.observability.dashboard`): observability
+never imports the runtime.
+
 - :class:`LocalSource`: the monolith's one host, read in-process.
 - :class:`FleetSource`: the supervisor of ``cleave up``, asking every worker
   (``/stats``, ``/spans``, ``/metrics`` on their admin ports) and merging.
+
+Dead letters come from the consuming services' databases in both (see
+:mod:`cleave.runtime.dlq`): the monolith's host has them open; the
+supervisor opens them from the plan, as ``cleave dlq`` does.
 """
 
 from __future__ import annotations
@@ -13,18 +21,15 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import msgspec
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from cleave.observability.metrics import (
-    HostCollector,
-    host_snapshot,
-    refresher,
-    registry_for,
-    render,
-)
+from cleave.observability.metrics import registry_for, render
 from cleave.observability.tracing import tracer
+from cleave.runtime.dlq import AppDeadLetters
+from cleave.runtime.hostmetrics import HostCollector, host_snapshot, refresher
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -76,7 +81,17 @@ class LocalSource:
         return tracer.trace(trace_id)
 
     async def dead_letters(self) -> list[dict[str, Any]]:
-        return [_letter(d) for d in await self.broker.dead_letters()]
+        return await _dead_letters(AppDeadLetters.of_host(self.host))
+
+    async def replay_dead_letters(
+        self, ids: list[str] | None, service: str | None
+    ) -> list[dict[str, Any]]:
+        return await _replay(AppDeadLetters.of_host(self.host), ids, service)
+
+    async def purge_dead_letters(
+        self, ids: list[str] | None, service: str | None
+    ) -> list[dict[str, Any]]:
+        return await _purge(AppDeadLetters.of_host(self.host), ids, service)
 
     async def metrics(self) -> bytes:
         await self.refresh()
@@ -88,8 +103,6 @@ class FleetSource:
 
     def __init__(self, supervisor: Supervisor) -> None:
         self.supervisor = supervisor
-        self._broker: Broker | None = None
-        self._nc: Any = None
 
     def _workers(self) -> list[Child]:
         return [
@@ -125,14 +138,23 @@ class FleetSource:
     async def trace(self, trace_id: str) -> list[dict[str, Any]]:
         return [s for _, spans in await self._each(f"/spans?trace_id={trace_id}") for s in spans]
 
+    # Dead letters are in the services' databases: opened for each request, so a
+    # service whose database appears later is seen, and nothing stays open.
     async def dead_letters(self) -> list[dict[str, Any]]:
-        if self._broker is None:
-            from cleave.transport.jetstream import JetStreamBroker
-            from cleave.transport.nats import connect
+        async with AppDeadLetters.open(self.supervisor.loaded) as letters:
+            return await _dead_letters(letters)
 
-            self._nc = await connect(self.supervisor.nats_url, "dashboard")
-            self._broker = JetStreamBroker(self._nc, prefix=self.supervisor.loaded.plan.nats.prefix)
-        return [_letter(d) for d in await self._broker.dead_letters(50)]
+    async def replay_dead_letters(
+        self, ids: list[str] | None, service: str | None
+    ) -> list[dict[str, Any]]:
+        async with AppDeadLetters.open(self.supervisor.loaded) as letters:
+            return await _replay(letters, ids, service)
+
+    async def purge_dead_letters(
+        self, ids: list[str] | None, service: str | None
+    ) -> list[dict[str, Any]]:
+        async with AppDeadLetters.open(self.supervisor.loaded) as letters:
+            return await _purge(letters, ids, service)
 
     async def metrics(self) -> bytes:
         texts = await self._each("/metrics", as_json=False)
@@ -141,8 +163,7 @@ class FleetSource:
         return render(registry)
 
     async def close(self) -> None:
-        if self._nc is not None:
-            await self._nc.close()
+        pass  # nothing is kept open between requests
 
 
 class _Merged(Collector):
@@ -165,11 +186,24 @@ class _Merged(Collector):
         return list(families.values())
 
 
-def _letter(d: Any) -> dict[str, Any]:
-    return {
-        "subject": d.subject,
-        "consumer": d.headers.get("Cleave-Consumer", ""),
-        "event_id": d.headers.get("Cleave-Event-Id", ""),
-        "attempts": d.headers.get("Cleave-Attempts", ""),
-        "error": d.headers.get("Cleave-Error", ""),
-    }
+#: Dead letters the dashboard lists at most (the most recent failures).
+LETTERS_SHOWN = 200
+#: Seconds the dashboard waits for a replay's outcome before saying "requested".
+REPLAY_WAIT = 5.0
+
+
+async def _dead_letters(letters: AppDeadLetters) -> list[dict[str, Any]]:
+    return [d.describe() for d in (await letters.letters())[-LETTERS_SHOWN:]]
+
+
+async def _replay(
+    letters: AppDeadLetters, ids: list[str] | None, service: str | None
+) -> list[dict[str, Any]]:
+    done = await letters.replay(ids, service=service, wait=REPLAY_WAIT)
+    return [msgspec.to_builtins(r) for r in done]
+
+
+async def _purge(
+    letters: AppDeadLetters, ids: list[str] | None, service: str | None
+) -> list[dict[str, Any]]:
+    return [d.summary() for d in await letters.purge(ids, service=service)]
