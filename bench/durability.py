@@ -149,6 +149,11 @@ async def _pg_savepoints(n: int) -> dict[str, float]:
 
 def run(tmp: Path, *, runs: int = 3, seconds: float = 2.0) -> dict[str, Any]:
     """Every figure of this part; ``tmp`` must be on a real disk (not tmpfs)."""
+    import logging
+
+    from cleave.runtime.logs import configure
+
+    configure(service="bench", level=logging.WARNING)  # not a line per checkpoint
     tmp.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"commits": {}, "savepoints": {}}
     for mode in MODES:

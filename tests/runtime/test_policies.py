@@ -87,8 +87,9 @@ async def test_deadlines_win_over_retries(
                 await h.client(Greeter).wobble(Wobble(key="d", fail_times=100))
         finally:
             _current.reset(token)
-        # Backoffs of up to 1 s with five retries allowed: only the deadline stopped them.
-        assert time.monotonic() - started < 0.6
+        # Backoffs of up to 1 s with five retries allowed: only the deadline (0.3 s)
+        # stopped them; the margin is for a loaded machine.
+        assert time.monotonic() - started < 0.9
 
 
 @pytest.mark.parametrize("placement", PLACEMENTS)

@@ -165,10 +165,22 @@ class Router:
             dispatcher = self.local.get(target)
             try:
                 if dispatcher is not None and not armed:
-                    # In-process: the caller's side counts the call for both.
-                    result = await self._local(
-                        dispatcher, method, request, ctx, policy.timeout, True
-                    )
+                    # In-process: the caller's side counts the call for both. The hottest
+                    # path of the monolith, so _local's body is inlined here.
+                    watchdog = self.watchdog
+                    timer = watchdog.arm(policy.timeout)
+                    try:
+                        result = await dispatcher.invoke(method, request, ctx, True)
+                    except asyncio.CancelledError:
+                        if not watchdog.disarm(timer):
+                            raise
+                        watchdog.uncancel(timer)
+                        raise _attempt_timed_out(method, policy.timeout) from None
+                    except BaseException:
+                        watchdog.disarm(timer)
+                        raise
+                    if watchdog.disarm(timer):
+                        watchdog.uncancel(timer)
                 else:
                     result = await self._attempt(method, request, ctx, armed, policy.timeout)
             except CallError as exc:
@@ -284,27 +296,32 @@ class Router:
         request: Message,
         ctx: CallContext,
         timeout: float,
-        counted: bool = False,
     ) -> Message:
         """An in-process attempt, bounded by ``timeout`` as a remote one would be."""
-        timer = self.watchdog.arm(timeout)
+        watchdog = self.watchdog
+        timer = watchdog.arm(timeout)
         try:
-            result = await dispatcher.invoke(method, request, ctx, counted)
+            result = await dispatcher.invoke(method, request, ctx)
         except asyncio.CancelledError:
-            if not timer.fired:
+            if not watchdog.disarm(timer):
                 raise  # not ours: the caller, or the process, is giving up
-            timer.uncancel()
-            raise DeadlineExceeded(
-                f"{method.qualname} did not answer within its attempt timeout of {timeout:g}s; "
-                "it may still have run",
-                service=method.contract.name,
-                method=method.name,
-            ) from None
-        finally:
-            self.watchdog.disarm(timer)
-        if timer.fired:
-            timer.uncancel()  # the callee swallowed the cancel and answered anyway
+            watchdog.uncancel(timer)
+            raise _attempt_timed_out(method, timeout) from None
+        except BaseException:
+            watchdog.disarm(timer)
+            raise
+        if watchdog.disarm(timer):
+            watchdog.uncancel(timer)  # the callee swallowed the cancel and answered anyway
         return result
+
+
+def _attempt_timed_out(method: MethodSpec, timeout: float) -> DeadlineExceeded:
+    return DeadlineExceeded(
+        f"{method.qualname} did not answer within its attempt timeout of {timeout:g}s; "
+        "it may still have run",
+        service=method.contract.name,
+        method=method.name,
+    )
 
 
 async def _fall_back(policy: Policy, request: Message, exc: CallError) -> Message:
