@@ -575,3 +575,20 @@ def test_a_new_contract_major_is_safe_and_removing_a_major_is_breaking() -> None
     assert [(c.change, c.verdict, c.path) for c in compat.compare(both, v2)] == [
         ("contract removed", "breaking", "things.v1")
     ]
+
+
+def test_the_docs_table_says_what_the_rules_say() -> None:
+    from conftest import ROOT
+
+    rows: dict[str, list[str]] = {}
+    for line in (ROOT / "docs" / "contracts.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and cells[0] in compat.RULES:
+            rows[cells[0]] = cells[1:]
+    assert set(rows) == set(compat.RULES)
+    for kind, (old_new, new_old) in compat.RULES.items():
+        if len(rows[kind]) == 2:  # a change to the contract: one verdict
+            assert rows[kind] == [old_new[0], old_new[1]], kind
+        else:
+            worst = max(old_new[0], new_old[0], key=("safe", "warning", "breaking").index)
+            assert rows[kind] == [old_new[0], new_old[0], worst], kind

@@ -673,10 +673,11 @@ def contracts_check(
     import msgspec
 
     from cleave import compat, schema_lock
+    from cleave._baseline import baseline
 
     loaded = _load(path, None)
     try:
-        old, label = schema_lock.baseline(loaded.root, against)
+        old, label = baseline(loaded.root, against)
     except CleaveError as exc:
         _fail(str(exc), 2)
         raise AssertionError from exc  # unreachable: _fail exits

@@ -19,12 +19,12 @@ Literal value added widens, a ``Meta`` bound raised narrows, and so on.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
 
+from cleave._typediff import MessageDiff
 from cleave.schema_lock import Lock
 
 __all__ = ["RULES", "Change", "Verdict", "breaking", "compare"]
@@ -45,6 +45,11 @@ _NARROWER = (
 )
 _BOTH = "breaking", "neither side accepts every value the other may send"
 _IGNORED = "warning", "the reader ignores it when old writers send it: what it meant is lost"
+
+
+def _same(verdict: str, why: str) -> tuple[tuple[str, str], tuple[str, str]]:
+    return (verdict, why), (verdict, why)
+
 
 #: change -> ((verdict, why) for old -> new, (verdict, why) for new -> old).
 RULES: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {
@@ -100,53 +105,45 @@ RULES: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {
     "value removed": _NARROWER,
     "constraint loosened": _WIDER,
     "constraint tightened": _NARROWER,
-    "type changed": (_BOTH, _BOTH),
-    "constraint changed": (_BOTH, _BOTH),
-    "wire rename": (
-        ("breaking", "the name on the wire changed: readers see it missing, and an unknown one"),
-    )
-    * 2,
-    "array-like layout changed": (
-        ("breaking", "the layout on the wire switched between object and array"),
-    )
-    * 2,
-    "array-like field moved": (
-        ("breaking", "in an array-like message a field's position is its name"),
-    )
-    * 2,
-    "tag changed": (("breaking", "the tag that tells union members apart changed"),) * 2,
-    "unknown fields forbidden": (
-        ("breaking", "a reader that forbids unknown fields fails on every field a writer adds"),
-    )
-    * 2,
-    "unknown fields allowed": (("safe", "the reader ignores fields it does not know"),) * 2,
+    "type changed": _same(*_BOTH),
+    "constraint changed": _same(*_BOTH),
+    "wire rename": _same(
+        "breaking", "the name on the wire changed: readers see it missing, and an unknown one"
+    ),
+    "array-like layout changed": _same(
+        "breaking", "the layout on the wire switched between object and array"
+    ),
+    "array-like field moved": _same(
+        "breaking", "in an array-like message a field's position is its name"
+    ),
+    "tag changed": _same("breaking", "the tag that tells union members apart changed"),
+    "unknown fields forbidden": _same(
+        "breaking", "a reader that forbids unknown fields fails on every field a writer adds"
+    ),
+    "unknown fields allowed": _same("safe", "the reader ignores fields it does not know"),
     "omit_defaults changed": (
         ("safe", "the reader fills in defaults for fields left out"),
         ("warning", "fields equal to their default may be left out; old readers use their own"),
     ),
     # Changes to the contract itself: one verdict, stated twice.
-    "contract added": (("safe", "a new contract or major beside the old ones"),) * 2,
-    "contract removed": (
-        ("breaking", "its callers and consumers fail; serve this major until none is left"),
-    )
-    * 2,
-    "method added": (("safe", "old callers do not call it"),) * 2,
-    "method removed": (("breaking", "old callers still call it"),) * 2,
-    "event added": (("safe", "no consumer depends on it yet"),) * 2,
-    "event removed": (
-        ("breaking", "its consumers stop getting it; publish it until no consumer is left"),
-    )
-    * 2,
-    "error added": (("warning", "old callers do not know it and see a RemoteError"),) * 2,
-    "error removed": (
-        ("warning", "handlers for it never run; raised anyway, it arrives as a RemoteError"),
-    )
-    * 2,
-    "retry guarantee dropped": (
-        ("breaking", "old callers retry it after a timeout, trusting a repeat to be harmless"),
-    )
-    * 2,
-    "retry guarantee added": (("safe", "old callers just retry less"),) * 2,
+    "contract added": _same("safe", "a new contract or major beside the old ones"),
+    "contract removed": _same(
+        "breaking", "its callers and consumers fail; serve this major until none is left"
+    ),
+    "method added": _same("safe", "old callers do not call it"),
+    "method removed": _same("breaking", "old callers still call it"),
+    "event added": _same("safe", "no consumer depends on it yet"),
+    "event removed": _same(
+        "breaking", "its consumers stop getting it; publish it until no consumer is left"
+    ),
+    "error added": _same("warning", "old callers do not know it and see a RemoteError"),
+    "error removed": _same(
+        "warning", "handlers for it never run; raised anyway, it arrives as a RemoteError"
+    ),
+    "retry guarantee dropped": _same(
+        "breaking", "old callers retry it after a timeout, trusting a repeat to be harmless"
+    ),
+    "retry guarantee added": _same("safe", "old callers just retry less"),
 }
 
 
@@ -185,7 +182,7 @@ def compare(old: Lock, new: Lock) -> list[Change]:
         if was is None or now is None:
             add(key, "contract added" if was is None else "contract removed", "", None)
             continue
-        _compare_contract(key, was, now, _Types(old["messages"], new["messages"]), add)
+        _compare_contract(key, was, now, MessageDiff(old["messages"], new["messages"]), add)
     return changes
 
 
@@ -205,7 +202,7 @@ def _classify(kind: str, role: Role | None, note: str) -> tuple[str, str]:
     return old_new[0], f"retained old events -> new consumers{consumers}: {old_new[1]}"
 
 
-def _compare_contract(key: str, was: Any, now: Any, types: _Types, add: Any) -> None:
+def _compare_contract(key: str, was: Any, now: Any, types: MessageDiff, add: Any) -> None:
     for m in sorted(set(was["methods"]) | set(now["methods"])):
         path = f"{key}.{m}"
         a, b = was["methods"].get(m), now["methods"].get(m)
@@ -237,263 +234,3 @@ def _compare_contract(key: str, was: Any, now: Any, types: _Types, add: Any) -> 
             "",
             None,
         )
-
-
-_Found = Iterator[tuple[str, str, str]]
-
-
-class _Types:
-    """Walks two message graphs side by side, yielding (path, change, detail)."""
-
-    def __init__(self, old: dict[str, Any], new: dict[str, Any]) -> None:
-        self.old = old
-        self.new = new
-
-    def messages(self, old_ref: str, new_ref: str, path: str) -> list[tuple[str, str, str]]:
-        return list(self._struct(old_ref, new_ref, path, set()))
-
-    def _struct(self, old_ref: str, new_ref: str, path: str, seen: set[Any]) -> _Found:
-        if (old_ref, new_ref) in seen:
-            return  # a recursive message: its fields were compared one level up
-        seen = seen | {(old_ref, new_ref)}
-        a, b = self.old[old_ref], self.new[new_ref]
-        if a["array_like"] != b["array_like"]:
-            yield (
-                path,
-                "array-like layout changed",
-                f"array_like {a['array_like']} -> {b['array_like']}",
-            )
-        if (a["tag_field"], a["tag"]) != (b["tag_field"], b["tag"]):
-            yield (
-                path,
-                "tag changed",
-                f"{a['tag_field']}={a['tag']!r} -> {b['tag_field']}={b['tag']!r}",
-            )
-        if a["forbid_unknown_fields"] != b["forbid_unknown_fields"]:
-            yield (
-                path,
-                "unknown fields " + ("forbidden" if b["forbid_unknown_fields"] else "allowed"),
-                "",
-            )
-        if a["omit_defaults"] != b["omit_defaults"]:
-            yield (
-                path,
-                "omit_defaults changed",
-                f"omit_defaults {a['omit_defaults']} -> {b['omit_defaults']}",
-            )
-        old_fields = {f["wire"]: (i, f) for i, f in enumerate(a["fields"])}
-        new_fields = {f["wire"]: (i, f) for i, f in enumerate(b["fields"])}
-        renamed = {f["name"]: f for w, (_, f) in new_fields.items() if w not in old_fields}
-        for wire, (i, f) in old_fields.items():
-            where = f"{path}.{f['name']}"
-            if wire not in new_fields:
-                other = renamed.pop(f["name"], None)
-                if other is not None:
-                    yield where, "wire rename", f"{wire!r} -> {other['wire']!r}"
-                elif f["required"]:
-                    yield where, "field removed", ""
-                else:
-                    yield where, "optional field removed", ""
-                continue
-            j, g = new_fields[wire]
-            if a["array_like"] and b["array_like"] and i != j:
-                yield where, "array-like field moved", f"position {i} -> {j}"
-            yield from self._field(f, g, b["omit_defaults"], where)
-            yield from self._type(f["type"], g["type"], where, seen)
-        for wire, (_, g) in new_fields.items():
-            if wire not in old_fields and g["name"] not in {
-                f["name"] for _, f in old_fields.values()
-            }:
-                with_default = "with" if not g["required"] else "without"
-                yield f"{path}.{g['name']}", f"field added {with_default} default", ""
-
-    @staticmethod
-    def _field(f: Any, g: Any, omits: bool, where: str) -> _Found:
-        if f["required"] and not g["required"]:
-            kind = "field made optional and omitted" if omits else "field made optional"
-            yield where, kind, f"default {_show(g['default'])}"
-        elif not f["required"] and g["required"]:
-            yield where, "field made required", ""
-        elif not f["required"] and f["default"] != g["default"]:
-            yield where, "default changed", f"{_show(f['default'])} -> {_show(g['default'])}"
-
-    def _type(self, a: Any, b: Any, path: str, seen: set[Any]) -> _Found:
-        if a == b and not _has_struct(a):  # equal refs may still name changed Structs
-            return
-        if a["type"] == "union" or b["type"] == "union":
-            yield from self._union(_members(a), _members(b), path, seen)
-        else:
-            yield from self._single(a, b, path, seen)
-
-    def _union(self, old: list[Any], new: list[Any], path: str, seen: set[Any]) -> _Found:
-        old_keys, new_keys = _keyed(old, self.old), _keyed(new, self.new)
-        for key in sorted(set(old_keys) | set(new_keys)):
-            a, b = old_keys.get(key, []), new_keys.get(key, [])
-            if len(a) == 1 and len(b) == 1:
-                yield from self._single(a[0], b[0], path, seen)
-                continue
-            gone = [m for m in a if m not in b]
-            came = [m for m in b if m not in a]
-            for m in came:
-                if m["type"] == "none":
-                    yield path, "made nullable", ""
-                else:
-                    yield path, "union member added", _show_type(m)
-            for m in gone:
-                if m["type"] == "none":
-                    yield path, "made non-nullable", ""
-                else:
-                    yield path, "union member removed", _show_type(m)
-
-    def _single(self, a: Any, b: Any, path: str, seen: set[Any]) -> _Found:
-        ta, tb = a["type"], b["type"]
-        if ta == tb == "struct":
-            yield from self._struct(a["ref"], b["ref"], path, seen)
-        elif ta == tb == "array":
-            yield from self._constraints(a, b, path)
-            yield from self._type(a["item"], b["item"], path + "[]", seen)
-        elif ta == tb == "tuple":
-            if len(a["items"]) != len(b["items"]):
-                yield path, "type changed", f"{len(a['items'])} -> {len(b['items'])} tuple elements"
-                return
-            for i, (x, y) in enumerate(zip(a["items"], b["items"], strict=True)):
-                yield from self._type(x, y, f"{path}[{i}]", seen)
-        elif ta == tb == "dict":
-            yield from self._constraints(a, b, path)
-            yield from self._type(a["key"], b["key"], path + "{key}", seen)
-            yield from self._type(a["value"], b["value"], path + "{}", seen)
-        elif "values" in a and "values" in b:  # Literal or enum, either way
-            gone = [v for v in a["values"] if v not in b["values"]]
-            came = [v for v in b["values"] if v not in a["values"]]
-            if came:
-                yield path, "value added", ", ".join(map(_show, came))
-            if gone:
-                yield path, "value removed", ", ".join(map(_show, gone))
-        elif ta == tb:
-            yield from self._constraints(a, b, path)
-        elif tb == "any" or (ta, tb) == ("int", "float") or _base(a) == tb:
-            yield path, "type widened", f"{_show_type(a)} -> {_show_type(b)}"
-        elif ta == "any" or (ta, tb) == ("float", "int") or _base(b) == ta:
-            yield path, "type narrowed", f"{_show_type(a)} -> {_show_type(b)}"
-        else:
-            yield path, "type changed", f"{_show_type(a)} -> {_show_type(b)}"
-
-    @staticmethod
-    def _constraints(a: Any, b: Any, path: str) -> _Found:
-        for kind, detail in _bounds(a, b):
-            yield path, kind, detail
-
-
-def _bounds(a: Any, b: Any) -> Iterator[tuple[str, str]]:
-    """(change, detail) for each Meta constraint that differs between nodes a and b."""
-    for lower, keys in ((True, ("ge", "gt")), (False, ("le", "lt"))):
-        x, y = _bound(a, keys), _bound(b, keys)
-        if x == y:
-            continue
-        detail = f"{_show_bound(x, keys)} -> {_show_bound(y, keys)}"
-        if x is None or y is None:
-            yield ("constraint tightened" if x is None else "constraint loosened"), detail
-            continue
-        # Compare (value, strict): a strict bound at the same value is the tighter one.
-        tighter = (y[0], y[1]) > (x[0], x[1]) if lower else (-y[0], y[1]) > (-x[0], x[1])
-        yield ("constraint tightened" if tighter else "constraint loosened"), detail
-    for key, tighter_if_bigger in (("min_length", True), ("max_length", False)):
-        x, y = a.get(key), b.get(key)
-        if x == y:
-            continue
-        detail = f"{key} {_show(x)} -> {_show(y)}"
-        if x is None or y is None:
-            yield ("constraint tightened" if x is None else "constraint loosened"), detail
-        else:
-            yield (
-                ("constraint tightened" if (y > x) == tighter_if_bigger else "constraint loosened"),
-                detail,
-            )
-    for key in ("multiple_of", "pattern", "tz"):
-        x, y = a.get(key), b.get(key)
-        if x == y:
-            continue
-        detail = f"{key} {_show(x)} -> {_show(y)}"
-        if x is None:
-            yield "constraint tightened", detail
-        elif y is None:
-            yield "constraint loosened", detail
-        elif key == "multiple_of" and y % x == 0:
-            yield "constraint tightened", detail
-        elif key == "multiple_of" and x % y == 0:
-            yield "constraint loosened", detail
-        else:
-            yield "constraint changed", detail
-
-
-def _bound(node: Any, keys: tuple[str, str]) -> tuple[float, bool] | None:
-    inclusive, strict = keys
-    if node.get(strict) is not None:
-        return node[strict], True
-    if node.get(inclusive) is not None:
-        return node[inclusive], False
-    return None
-
-
-def _show_bound(bound: tuple[float, bool] | None, keys: tuple[str, str]) -> str:
-    if bound is None:
-        return "none"
-    return f"{keys[1] if bound[1] else keys[0]} {bound[0]}"
-
-
-def _members(node: Any) -> list[Any]:
-    return list(node["of"]) if node["type"] == "union" else [node]
-
-
-def _base(node: Any) -> str | None:
-    """The plain type a Literal or enum narrows: str for string values, int for ints."""
-    values = node.get("values")
-    if not values:
-        return None
-    kinds = {type(v).__name__ for v in values}
-    return kinds.pop() if len(kinds) == 1 else None
-
-
-def _keyed(members: list[Any], messages: dict[str, Any]) -> dict[str, list[Any]]:
-    """Union members by what they look like on the wire, to pair old with new.
-
-    Structs pair by their tag (a class may be renamed; its tag is what is sent).
-    """
-    out: dict[str, list[Any]] = {}
-    for m in members:
-        t = m["type"]
-        if t in ("int", "float") or _base(m) == "int":
-            key = "number"
-        elif (
-            t == "str" or _base(m) == "str" or t in ("datetime", "date", "time", "uuid", "decimal")
-        ):
-            key = "string"
-        elif t in ("array", "tuple"):
-            key = "array"
-        elif t == "struct":
-            key = f"struct {messages[m['ref']]['tag']!r}"
-        else:
-            key = t
-        out.setdefault(key, []).append(m)
-    return out
-
-
-def _has_struct(node: Any) -> bool:
-    return '"struct"' in json.dumps(node)
-
-
-def _show(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _show_type(node: Any) -> str:
-    t = node["type"]
-    if "values" in node:
-        return f"{node.get('name', 'Literal')}[{', '.join(map(_show, node['values']))}]"
-    if t == "struct":
-        return str(node["ref"])
-    if t == "array":
-        return f"{node['container']}[{_show_type(node['item'])}, ...]"
-    if t == "union":
-        return " | ".join(_show_type(m) for m in node["of"])
-    return str(t)
