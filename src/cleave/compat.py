@@ -176,7 +176,7 @@ def compare(old: Lock, new: Lock) -> list[Change]:
 
         def add(path: str, kind: str, detail: str, role: Role | None, note: str = "") -> None:
             verdict, reason = _classify(kind, role, note)
-            reason = f"{detail}: {reason}" if detail else reason
+            reason = f"{reason} ({detail})" if detail else reason
             changes.append(Change(name, version, path, kind, verdict, reason))  # noqa: B023
 
         if was is None or now is None:
@@ -221,8 +221,9 @@ def _compare_contract(key: str, was: Any, now: Any, types: MessageDiff, add: Any
         path = f"{key}.events.{e}"
         a, b = was["events"].get(e), now["events"].get(e)
         if a is None or b is None:
-            consumers = ", ".join((a or b)["consumers"]) or "no consumer in this app"
-            add(path, "event added" if a is None else "event removed", consumers, None)
+            readers = ", ".join((a or b)["consumers"])
+            detail = f"consumed by {readers}" if readers else "no consumer in this app"
+            add(path, "event added" if a is None else "event removed", detail, None)
             continue
         note = ", ".join(sorted(set(a["consumers"]) | set(b["consumers"])))
         for p, kind, detail in types.messages(a["message"], b["message"], path):
