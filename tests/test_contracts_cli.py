@@ -172,3 +172,45 @@ def test_snapshot_writes_the_lock_the_shop_commits(tmp_path: Path) -> None:
     assert set(fresh["contracts"]) >= set(committed["contracts"])
     printed = cli("contracts", "snapshot", SHOP, "--output", "-").stdout
     assert printed == out.read_text()
+
+
+def test_the_app_at_a_revision_that_does_not_load_is_a_clear_error(shop: Path) -> None:
+    toml = shop / "cleave.toml"
+    good = toml.read_text()
+    toml.write_text(good.replace('target = "shop.app:app"', 'target = "nope:app"'))
+    _git(shop, "init", "-q")
+    _git(shop, "add", ".")
+    _git(shop, "commit", "-q", "-m", "broken")
+    toml.write_text(good)
+    result = cli("contracts", "check", shop, "--against", "HEAD", check=False)
+    assert result.returncode == 2
+    message = " ".join(result.stderr.split())
+    assert "the app at HEAD does not load" in message
+    assert "cannot import 'nope'" in message
+
+
+def test_a_field_msgspec_cannot_encode_is_a_clear_error(shop: Path) -> None:
+    edit(
+        shop,
+        "catalog",
+        "class Product(cleave.Message):",
+        "class Money:\n    pass\n\n\nclass Product(cleave.Message):",
+    )
+    edit(
+        shop,
+        "catalog",
+        "    price_cents: int\n\n\nclass ProductList",
+        "    price_cents: int\n    price: Money | None = None\n\n\nclass ProductList",
+    )
+    for command in ("snapshot", "check", "asyncapi"):
+        result = cli("contracts", command, shop, check=False)
+        assert result.returncode == 2, (command, result.stderr)
+        assert "field of type Money, which msgspec cannot encode" in " ".join(result.stderr.split())
+
+
+def test_an_unwritable_output_is_a_clear_error(tmp_path: Path) -> None:
+    result = cli(
+        "contracts", "snapshot", SHOP, "--output", tmp_path / "no" / "lock.json", check=False
+    )
+    assert result.returncode == 2
+    assert "cannot write" in result.stderr

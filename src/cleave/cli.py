@@ -633,6 +633,16 @@ OutputOpt = Annotated[
 _VERDICT_STYLE = {"breaking": "red", "warning": "yellow", "safe": "green"}
 
 
+def _snapshot(loaded: LoadedApp) -> dict[str, Any]:
+    from cleave import schema_lock
+
+    try:
+        return schema_lock.snapshot(loaded.app)
+    except CleaveError as exc:
+        _fail(str(exc), 2)
+        raise AssertionError from exc  # unreachable: _fail exits
+
+
 def _emit(text: str, target: Path) -> None:
     if str(target) == "-":
         sys.stdout.write(text)
@@ -649,7 +659,7 @@ def contracts_snapshot(path: AppArg = None, output: OutputOpt = None) -> None:
     from cleave import schema_lock
 
     loaded = _load(path, None)
-    lock = schema_lock.snapshot(loaded.app)
+    lock = _snapshot(loaded)
     target = output or loaded.root / schema_lock.LOCK_FILE
     _emit(schema_lock.dumps(lock), target)
     if str(target) != "-":
@@ -672,7 +682,7 @@ def contracts_check(
     """Compare the contracts with the lock; exit 1 when a change breaks a caller or consumer."""
     import msgspec
 
-    from cleave import compat, schema_lock
+    from cleave import compat
     from cleave._baseline import baseline
 
     loaded = _load(path, None)
@@ -681,7 +691,7 @@ def contracts_check(
     except CleaveError as exc:
         _fail(str(exc), 2)
         raise AssertionError from exc  # unreachable: _fail exits
-    changes = compat.compare(old, schema_lock.snapshot(loaded.app))
+    changes = compat.compare(old, _snapshot(loaded))
     if as_json:
         sys.stdout.write(json.dumps(msgspec.to_builtins(changes), indent=2) + "\n")
     elif not changes:
@@ -711,6 +721,7 @@ def contracts_asyncapi(path: AppArg = None, output: OutputOpt = None) -> None:
     from cleave import asyncapi
 
     loaded = _load(path, None)
+    _snapshot(loaded)  # says which field msgspec cannot describe, as `snapshot` does
     doc = asyncapi.document(loaded.app, loaded.plan.app.version)
     target = output or loaded.root / "asyncapi.json"
     _emit(json.dumps(doc, indent=2, sort_keys=True) + "\n", target)

@@ -184,7 +184,12 @@ class _Describer:
         if isinstance(info, msgspec.inspect.UnionType):
             members = sorted((self.node(t) for t in info.types), key=_canon)
             return {"type": "union", "of": members}
-        raise ConfigError(f"cannot describe the type {info!r} in a contract snapshot")
+        what = getattr(getattr(info, "cls", None), "__qualname__", None) or repr(info)
+        raise ConfigError(
+            f"a contract message has a field of type {what}, which msgspec cannot encode without "
+            "hooks, so neither can another service; use types msgspec knows (str, int, float, "
+            "Message, tuple, Literal, enum, datetime, ...)"
+        )
 
 
 def _constraints(info: Any) -> dict[str, Any]:
