@@ -18,6 +18,9 @@
     cleave dlq show ID [APP]                  one dead letter: its event, headers, error
     cleave dlq replay ID... | --all           handle them again, through the inbox (--app APP)
     cleave dlq purge ID... | --all            delete them for good (--app APP)
+    cleave contracts snapshot [APP]           write APP/contracts.lock.json
+    cleave contracts check [APP] [--against]  breaking changes since the lock (or a file, a git ref)
+    cleave contracts asyncapi [APP]           an AsyncAPI 3 document of the events
 
 APP is the app's folder (holding cleave.toml); left out, the current folder
 or the nearest one above it with a cleave.toml.
@@ -617,6 +620,113 @@ def dlq_purge(
     loaded = _load(path, state_dir)
     gone = _with_letters(loaded, lambda letters: letters.purge(chosen, service=service))
     console.print(f"{loaded.app.name}: purged {len(gone)} dead letter(s)")
+
+
+contracts = typer.Typer(
+    help="Contract snapshots, breaking-change checks, AsyncAPI (docs/contracts.md).",
+    no_args_is_help=True,
+)
+app.add_typer(contracts, name="contracts")
+OutputOpt = Annotated[
+    Path | None, typer.Option("--output", "-o", help="Write here instead ('-': standard output).")
+]
+_VERDICT_STYLE = {"breaking": "red", "warning": "yellow", "safe": "green"}
+
+
+def _snapshot(loaded: LoadedApp) -> dict[str, Any]:
+    from cleave import schema_lock
+
+    try:
+        return schema_lock.snapshot(loaded.app)
+    except CleaveError as exc:
+        _fail(str(exc), 2)
+        raise AssertionError from exc  # unreachable: _fail exits
+
+
+def _emit(text: str, target: Path) -> None:
+    if str(target) == "-":
+        sys.stdout.write(text)
+        return
+    try:
+        target.write_text(text)
+    except OSError as exc:
+        _fail(f"cannot write {target}: {exc.strerror}", 2)
+
+
+@contracts.command("snapshot")
+def contracts_snapshot(path: AppArg = None, output: OutputOpt = None) -> None:
+    """Write contracts.lock.json: every contract, method, event and message field. Commit it."""
+    from cleave import schema_lock
+
+    loaded = _load(path, None)
+    lock = _snapshot(loaded)
+    target = output or loaded.root / schema_lock.LOCK_FILE
+    _emit(schema_lock.dumps(lock), target)
+    if str(target) != "-":
+        console.print(
+            f"{loaded.app.name}: wrote {target} ({len(lock['contracts'])} contracts, "
+            f"{len(lock['messages'])} messages)",
+            highlight=False,
+        )
+
+
+@contracts.command("check")
+def contracts_check(
+    path: AppArg = None,
+    against: Annotated[
+        str | None,
+        typer.Option(help="A lock file or a git revision (default: APP/contracts.lock.json)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare the contracts with the lock; exit 1 when a change breaks a caller or consumer."""
+    import msgspec
+
+    from cleave import compat
+    from cleave._baseline import baseline
+
+    loaded = _load(path, None)
+    try:
+        old, label = baseline(loaded.root, against)
+    except CleaveError as exc:
+        _fail(str(exc), 2)
+        raise AssertionError from exc  # unreachable: _fail exits
+    changes = compat.compare(old, _snapshot(loaded))
+    if as_json:
+        sys.stdout.write(json.dumps(msgspec.to_builtins(changes), indent=2) + "\n")
+    elif not changes:
+        console.print(f"{loaded.app.name}: no contract changes since {label}", highlight=False)
+    else:
+        table = Table(title=f"{loaded.app.name}: contracts vs {label}", title_justify="left")
+        for col in ("verdict", "change", "where", "why"):
+            table.add_column(col, overflow="fold")
+        for c in changes:
+            style = _VERDICT_STYLE[c.verdict]
+            table.add_row(f"[{style}]{c.verdict}[/]", c.change, escape(c.path), escape(c.reason))
+        console.print(table)
+        if not compat.breaking(changes):
+            console.print("nothing breaks; `cleave contracts snapshot` records these changes")
+    if compat.breaking(changes):
+        if not as_json:
+            err.print(
+                "[red]breaking:[/] old callers or consumers would fail; undo the change, or make "
+                "it in a new major beside this one (docs/contracts.md)"
+            )
+        raise typer.Exit(1)
+
+
+@contracts.command("asyncapi")
+def contracts_asyncapi(path: AppArg = None, output: OutputOpt = None) -> None:
+    """Write an AsyncAPI 3.0 document of the app's events (default: APP/asyncapi.json)."""
+    from cleave import asyncapi
+
+    loaded = _load(path, None)
+    _snapshot(loaded)  # says which field msgspec cannot describe, as `snapshot` does
+    doc = asyncapi.document(loaded.app, loaded.plan.app.version)
+    target = output or loaded.root / "asyncapi.json"
+    _emit(json.dumps(doc, indent=2, sort_keys=True) + "\n", target)
+    if str(target) != "-":
+        console.print(f"{loaded.app.name}: wrote {target}", highlight=False)
 
 
 def _uptime(seconds: float | None) -> str:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, overload
 
 from cleave.errors import DefinitionError, ServiceError
-from cleave.messages import Event, Message, check_immutable
+from cleave.messages import Event, Message, check_immutable, check_tolerant
 
 __all__ = [
     "ContractSpec",
@@ -236,6 +236,8 @@ def _method_spec(spec: ContractSpec, cls: type, attr: str, fn: Any) -> MethodSpe
             raise DefinitionError(
                 f"{where}: {tp.__name__} must be immutable all the way down: " + "; ".join(problems)
             )
+        if problems := check_tolerant(tp):
+            raise DefinitionError(f"{where}: " + "; ".join(problems))
     assert request is not None  # checked above, for mypy
     assert response is not None
     marked = getattr(fn, _IDEMPOTENT_ATTR, None)
@@ -263,6 +265,8 @@ def _check_events(name: str, events: tuple[type[Event], ...]) -> tuple[type[Even
         problems = check_immutable(ev)
         if problems:
             raise DefinitionError(f"event {ev.__name__} must be immutable: " + "; ".join(problems))
+        if problems := check_tolerant(ev):
+            raise DefinitionError(f"event {ev.__name__}: " + "; ".join(problems))
         key = (ev.__topic__, ev.__version__)
         if key in topics:
             raise DefinitionError(

@@ -33,10 +33,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 import msgspec
 from typing_extensions import dataclass_transform
 
+from cleave.errors import DefinitionError
+
 __all__ = [
     "Event",
     "Message",
     "check_immutable",
+    "check_tolerant",
     "from_json",
     "from_msgpack",
     "to_json",
@@ -75,6 +78,8 @@ class MessageMeta(msgspec.StructMeta):
         config["frozen"] = True
         config.setdefault("kw_only", True)
         cls: MessageMeta = super().__new__(mcls, name, bases, namespace, **config)
+        if cls.__struct_config__.forbid_unknown_fields:
+            raise DefinitionError(_FORBIDS.format(name))
         is_event = any(
             isinstance(b, MessageMeta) and b.__dict__.get("_is_event_root") for b in cls.__mro__[1:]
         )
@@ -149,6 +154,44 @@ def check_immutable(cls: type[Message]) -> list[str]:
                 walk(t, where)
 
     walk(msgspec.inspect.type_info(cls), cls.__name__)
+    return problems
+
+
+_FORBIDS = (
+    "message {} cannot forbid unknown fields: a reader must ignore the fields a newer "
+    "writer adds, or adding a field with a default would break every older reader; "
+    "drop forbid_unknown_fields=True"
+)
+
+
+def check_tolerant(cls: type[Message]) -> list[str]:
+    """Return one line per Struct reachable from ``cls`` that forbids unknown fields.
+
+    Messages evolve by adding fields with defaults; that is only safe when every
+    reader ignores fields it does not know (see docs/contracts.md).
+    """
+    problems: list[str] = []
+    seen: set[type] = set()
+
+    def walk(info: msgspec.inspect.Type) -> None:
+        if isinstance(info, msgspec.inspect.StructType):
+            if info.cls in seen:
+                return
+            seen.add(info.cls)
+            if info.forbid_unknown_fields:
+                problems.append(_FORBIDS.format(info.cls.__name__))
+            for f in info.fields:
+                walk(f.type)
+        elif isinstance(info, msgspec.inspect.Metadata):
+            walk(info.type)
+        else:
+            for child in ("item_type", "key_type", "value_type"):
+                if isinstance(sub := getattr(info, child, None), msgspec.inspect.Type):
+                    walk(sub)
+            for sub in getattr(info, "item_types", ()) or getattr(info, "types", ()):
+                walk(sub)
+
+    walk(msgspec.inspect.type_info(cls))
     return problems
 
 
