@@ -1,4 +1,4 @@
-"""Declaring several majors of a contract, adapters, deprecation: what is accepted, what is refused."""
+"""Declaring several majors of a contract, adapters, deprecation: what is accepted, refused."""
 
 from __future__ import annotations
 
@@ -150,7 +150,7 @@ def test_also_takes_majors_of_the_same_contract_once() -> None:
 
 
 def test_an_adapter_of_a_major_not_served_is_refused() -> None:
-    with pytest.raises(cleave.DefinitionError, match="a major .* does not serve; add its"):
+    with pytest.raises(cleave.DefinitionError, match=r"a major .* does not serve; add its"):
 
         class Stray(cleave.Service, implements=Kv):
             db = cleave.Database()

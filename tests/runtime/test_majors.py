@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
+import httpx
 import pytest
 from prometheus_client.registry import CollectorRegistry
 from structlog.testing import capture_logs
@@ -149,7 +150,10 @@ class AuditV2Service(cleave.Service, implements=Audit):
         self.v2 += 1
 
 
-both = cleave.App("bank", services=[LedgerService, AuditService])
+gateway = cleave.Gateway(title="bank", version="1.0.0")
+gateway.post("/v1/deposits", LedgerV1.deposit)
+gateway.post("/v2/deposits", Ledger.deposit)
+both = cleave.App("bank", services=[LedgerService, AuditService], gateway=gateway)
 moved = cleave.App("bank", services=[LedgerService, AuditV2Service])
 
 
@@ -189,7 +193,9 @@ async def test_both_majors_answer_with_one_state(bank: Any) -> None:
 
 async def test_a_retry_in_the_new_major_replays_the_first_answer(bank: Any) -> None:
     """A caller deployed onto v2 that retries its v1 predecessor's call does not act twice."""
-    first = await _call_as("r-1", lambda: bank.client(LedgerV1).deposit(Deposit(account="b", cents=3)))
+    first = await _call_as(
+        "r-1", lambda: bank.client(LedgerV1).deposit(Deposit(account="b", cents=3))
+    )
     again = await _call_as(
         "r-1",
         lambda: bank.client(Ledger).deposit(DepositV2(account="b", cents=3, currency="EUR")),
@@ -219,7 +225,13 @@ async def test_calls_of_a_deprecated_major_are_counted_and_logged_once(bank: Any
     registry.register(HostCollector(host))
     value = registry.get_sample_value(
         "cleave_deprecated_calls_total",
-        {"kind": "method", "service": "ledger", "version": "1", "name": "balance", "caller": "teller"},
+        {
+            "kind": "method",
+            "service": "ledger",
+            "version": "1",
+            "name": "balance",
+            "caller": "teller",
+        },
     )
     assert value == 3
 
@@ -266,3 +278,19 @@ async def test_without_a_consumer_only_the_new_version_is_published(
     else:
         async with NatsHarness(moved, request.getfixturevalue("nats_url"), tmp_path) as h:
             await run(h)
+
+
+async def test_the_gateway_routes_onto_both_majors(bank: Any) -> None:
+    transport = httpx.ASGITransport(app=bank.asgi)
+    async with httpx.AsyncClient(transport=transport, base_url="http://bank") as http:
+        old = await http.post("/v1/deposits", json={"account": "g", "cents": 2})
+        new = await http.post("/v2/deposits", json={"account": "g", "cents": 3, "currency": "EUR"})
+        refused = await http.post("/v2/deposits", json={"account": "g", "cents": 3})
+        doc = (await http.get("/openapi.json")).json()
+    assert old.json() == {"account": "g", "cents": 2}
+    assert new.json() == {"account": "g", "cents": 5}
+    assert refused.status_code == 422
+    assert "currency" in refused.text
+    ids = sorted(op["operationId"] for path in doc["paths"].values() for op in path.values())
+    assert ids == ["ledger_deposit", "ledger_deposit_v2"]
+    assert doc["info"]["version"] == "1.0.0"  # one document for the public API's version

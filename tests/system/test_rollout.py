@@ -84,7 +84,11 @@ def shop(copy: Path, tmp_path: Path) -> Iterator[Up]:
 
 def orders(n: int) -> tuple[str, str, Any]:
     sku = COMMON[n % len(COMMON)]
-    return ("POST", "/v1/orders", {"account_id": RICH[n % len(RICH)], "items": [{"sku": sku, "qty": 1}]})
+    return (
+        "POST",
+        "/v1/orders",
+        {"account_id": RICH[n % len(RICH)], "items": [{"sku": sku, "qty": 1}]},
+    )
 
 
 def majors(up: Up) -> dict[str, set[tuple[int, ...]]]:
