@@ -47,7 +47,9 @@ _audiences: weakref.WeakKeyDictionary[Database, Audience] = weakref.WeakKeyDicti
 class Audience:
     """Who consumes the events of one service: declared in the app, or durable in the broker."""
 
-    def __init__(self, stream: str, subjects: dict[type[Event], str], declared: set[type[Event]]):
+    def __init__(
+        self, stream: str, subjects: dict[type[Event], str], declared: set[type[Event]]
+    ) -> None:
         self.stream = stream
         self.subjects = subjects
         #: Event types some service of this app subscribes to.
@@ -72,6 +74,8 @@ class Audience:
         _audiences[db] = self
 
     def start(self, broker: Broker, every: float = REFRESH_EVERY) -> None:
+        """Refresh from ``broker`` every ``every`` seconds until :meth:`stop`."""
+
         async def loop() -> None:
             while True:
                 await asyncio.sleep(every)
@@ -82,6 +86,7 @@ class Audience:
         self._task = asyncio.get_running_loop().create_task(loop())
 
     async def stop(self) -> None:
+        """Stop refreshing."""
         if self._task is not None:
             await cancel_and_wait(self._task)
             self._task = None

@@ -6,6 +6,7 @@ Deposits publish ``Deposited`` v2, and v1 beside it while someone consumes v1.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -258,19 +259,27 @@ async def test_without_a_consumer_only_the_new_version_is_published(
         assert host.relays["ledger"].published == 1  # v2 only
         assert await h.client(Audit).seen(Ask()) == Seen(v1=0, v2=1)
 
-        # A durable consumer of v1 left by old code still running elsewhere: v1 resumes.
+        # A durable consumer of v1, of old code running elsewhere: v1 is published again.
         stream, subject = "CLEAVE_LEDGER", "cleave.evt.ledger.deposited.v1"
+        old: list[str] = []
 
-        async def settle(d: Delivery) -> None:
+        async def consume(d: Delivery) -> None:
+            old.append(d.msg_id)
             await d.ack()
 
-        sub = await host.broker.subscribe(stream, "old-audit", subject, settle, ConsumerPolicy())
-        await sub.stop()
-        await host.audiences["ledger"].refresh(host.broker)
-        await h.client(Ledger).deposit(DepositV2(account="d", cents=1, currency="EUR"))
-        await h.settle()
-        assert host.relays["ledger"].published == 3  # v2, then v2 and v1
-        assert (await host.status())["events"]["ledger"][subject] == ["old-audit"]
+        sub = await host.broker.subscribe(stream, "old-audit", subject, consume, ConsumerPolicy())
+        try:
+            await host.audiences["ledger"].refresh(host.broker)
+            await h.client(Ledger).deposit(DepositV2(account="d", cents=1, currency="EUR"))
+            await h.settle()
+            assert host.relays["ledger"].published == 3  # v2, then v2 and v1
+            assert (await host.status())["events"]["ledger"][subject] == ["old-audit"]
+            wait = time.monotonic() + 10
+            while not old and time.monotonic() < wait:
+                await asyncio.sleep(0.02)
+            assert len(old) == 1
+        finally:
+            await sub.stop()
 
     if placement == "monolith":
         async with Harness(moved, tmp_path) as h:

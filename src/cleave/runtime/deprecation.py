@@ -14,7 +14,7 @@ import time
 
 import structlog
 
-__all__ = ["LOG_EVERY", "Deprecations", "Use"]
+__all__ = ["LOG_EVERY", "Deprecations", "Usage"]
 
 log = structlog.get_logger("cleave.deprecation")
 
@@ -22,7 +22,7 @@ log = structlog.get_logger("cleave.deprecation")
 LOG_EVERY = 60.0
 
 #: (kind: "method" or "event", service, major, method or event topic, caller or consumer)
-Use = tuple[str, str, int, str, str]
+Usage = tuple[str, str, int, str, str]
 
 
 class Deprecations:
@@ -31,10 +31,10 @@ class Deprecations:
     def __init__(self, log_every: float = LOG_EVERY) -> None:
         self.log_every = log_every
         #: Uses so far, by what was used and by whom.
-        self.counts: dict[Use, int] = {}
-        self._logged: dict[Use, float] = {}
+        self.counts: dict[Usage, int] = {}
+        self._logged: dict[Usage, float] = {}
 
-    def record(self, use: Use, reason: str) -> None:
+    def record(self, use: Usage, reason: str) -> None:
         """Count one use; warn if this use was not warned about in the last ``log_every`` s."""
         self.counts[use] = self.counts.get(use, 0) + 1
         now = time.monotonic()
