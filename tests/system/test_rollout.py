@@ -98,6 +98,16 @@ def majors(up: Up) -> dict[str, set[tuple[int, ...]]]:
     return out
 
 
+def quiet(control: Control) -> bool:
+    """Every outbox empty, every consumer caught up, no saga running."""
+    for st in control.status().values():
+        if "error" in st or any(st["outbox"].values()) or any(st["sagas"].values()):
+            return False
+        if any(c["pending"] for c in st["consumers"].values()):
+            return False
+    return True
+
+
 def deploy(up: Up, service: str) -> float:
     started = time.monotonic()
     cli("deploy", service, up.app_dir, "--state-dir", up.state_dir, env=up.env)
@@ -129,12 +139,14 @@ def test_billing_v2_rolls_out_under_load(shop: Up, copy: Path) -> None:
         timeout=60,
         interval=0.5,
     )
+    control = Control(shop.state_dir)
+    wait_until(lambda: quiet(control), timeout=60, interval=0.5)
     now = snapshot(http)
     stored = {o["order_id"] for o in now["orders"]}
     assert accepted <= stored, f"lost orders: {sorted(accepted - stored)[:5]}"
     outcome = check_invariants(initial, now, http)
     # Every billing worker now serves v2 only, and says so.
-    status = Control(shop.state_dir).status()
+    status = control.status()
     assert all(st.get("majors", {}).get("billing", [2]) == [2] for st in status.values())
     print(
         f"\nbilling v2 rollout: {figures('orders', buy.outcomes)}; deploys "
