@@ -148,6 +148,17 @@ def test_billing_v2_rolls_out_under_load(shop: Up, copy: Path) -> None:
     # Every billing worker now serves v2 only, and says so.
     status = control.status()
     assert all(st.get("majors", {}).get("billing", [2]) == [2] for st in status.values())
+    readers = {
+        name
+        for st in status.values()
+        for name in st.get("events", {})
+        .get("orders", {})
+        .get("cleave.evt.orders.order_confirmed.v1", [])
+    }
+    assert {"inventory-on-order-confirmed", "shipping-on-order-confirmed"} <= readers, readers
+    shown = cli("status", copy, "--state-dir", shop.state_dir).stdout
+    assert "events: consumers of each version" in shown
+    assert "majors" in cli("ps", copy, "--state-dir", shop.state_dir).stdout
     print(
         f"\nbilling v2 rollout: {figures('orders', buy.outcomes)}; deploys "
         + ", ".join(f"{k} {v:.1f}s" for k, v in took.items())
