@@ -1,6 +1,6 @@
 """Two majors of a contract served at once, in every placement: calls, retries, events.
 
-The ledger serves v2 and, as an adapter onto it, v1; the teller calls both.
+The ledger serves v2 and, as an adapter onto it, v1; clients and the gateway call both.
 Deposits publish ``Deposited`` v2, and v1 beside it while someone consumes v1.
 """
 
