@@ -190,7 +190,7 @@ def test_an_app_refuses_a_caller_of_a_major_nobody_serves() -> None:
 
         async def ping(self, req: Put) -> Done: ...
 
-    with pytest.raises(cleave.DefinitionError, match=r"calls kv v1 but OnlyV2 serves v2; keep"):
+    with pytest.raises(cleave.DefinitionError, match=r"calls kv v1 but .*OnlyV2 serves v2; keep"):
         cleave.App("a", services=[OnlyV2, Caller])
     app = cleave.App("a", services=[KvService, Caller])
     assert [(e.source, e.target) for e in app.edges] == [("other", "kv")]

@@ -389,11 +389,14 @@ def _older_handlers(cls: type[Service], older: tuple[ContractSpec, ...]) -> dict
     handlers: dict[MethodSpec, str] = {}
     for spec in older:
         for name, method in spec.methods.items():
-            attr = marked.get(method)
-            if attr is not None:
-                _check_signature(where, attr, getattr(cls, attr), method.request, method.response)
+            adapter = marked.get(method)
+            if adapter is not None:
+                _check_signature(
+                    where, adapter, getattr(cls, adapter), method.request, method.response
+                )
+                handlers[method] = adapter
             elif _same_signature(getattr(cls, name, None), method):
-                attr = name  # unchanged between the majors: one method serves both
+                handlers[method] = name  # unchanged between the majors: one method serves both
             else:
                 raise DefinitionError(
                     f"{where} serves {spec.name} v{spec.version} (also=[...]) but nothing answers "
@@ -402,7 +405,6 @@ def _older_handlers(cls: type[Service], older: tuple[ContractSpec, ...]) -> dict
                     f"{spec.version}(self, req: {method.request.__name__}) -> "
                     f"{method.response.__name__}`"
                 )
-            handlers[method] = attr
     return handlers
 
 
