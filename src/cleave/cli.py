@@ -174,7 +174,15 @@ def ps(
     table = Table(title=f"{loaded.app.name}: {len(rows)} processes", title_justify="left")
     cols = ("service", "replica", "pid", "group", "status", "uptime", "restarts", "majors")
     for col in (*cols, "version"):
-        table.add_column(col, justify="right" if col in ("replica", "pid", "restarts") else "left")
+        table.add_column(
+            col,
+            justify="right" if col in ("replica", "pid", "restarts") else "left",
+            # In a narrow terminal the version digest gives way, never a name.
+            no_wrap=col != "version",
+            min_width=max((len(str(r[col])) for r in rows), default=0)
+            if col in ("service", "group", "status")
+            else None,
+        )
     for r in rows:
         status = r["status"]
         color = {
