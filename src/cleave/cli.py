@@ -178,9 +178,8 @@ def ps(
             col,
             justify="right" if col in ("replica", "pid", "restarts") else "left",
             # In a narrow terminal the version digest gives way, never a name.
-            no_wrap=col != "version",
             min_width=max((len(str(r[col])) for r in rows), default=0)
-            if col in ("service", "group", "status")
+            if col in ("service", "pid", "group", "status")
             else None,
         )
     for r in rows:
