@@ -162,7 +162,9 @@ def test_billing_v2_rolls_out_under_load(shop: Up, copy: Path, new_orders: str) 
     assert {"inventory-on-order-confirmed", "shipping-on-order-confirmed"} <= readers, readers
     shown = cli("status", copy, "--state-dir", shop.state_dir).stdout
     assert "events: consumers of each version" in shown
-    assert "majors" in cli("ps", copy, "--state-dir", shop.state_dir).stdout
+    wide = {"COLUMNS": "200"}  # the table as a terminal wide enough for it shows it
+    table = cli("ps", copy, "--state-dir", shop.state_dir, env=wide).stdout
+    assert re.search(r"billing .*│ v2 ", table), table
     print(
         f"\nbilling v2 rollout: {figures('orders', buy.outcomes)}; deploys "
         + ", ".join(f"{k} {v:.1f}s" for k, v in took.items())
