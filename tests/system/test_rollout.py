@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections import Counter
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
