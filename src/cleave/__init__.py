@@ -5,8 +5,9 @@ and ``cleave.transport`` (for those who extend Cleave) or in private modules.
 """
 
 from cleave.app import App
+from cleave.audience import publish_versions
 from cleave.context import CallContext, current, timeout
-from cleave.contracts import contract, idempotent, readonly
+from cleave.contracts import contract, deprecated, idempotent, readonly
 from cleave.data.database import Database, Transaction
 from cleave.data.prepared import Prepared
 from cleave.data.saga import Abort, Saga, SagaOutcome
@@ -28,7 +29,7 @@ from cleave.errors import (
 )
 from cleave.gateway.routes import Gateway
 from cleave.messages import Event, Message
-from cleave.service import Service, subscribe, use
+from cleave.service import Service, adapts, subscribe, use
 
 __version__ = "0.1.0"
 
@@ -59,9 +60,12 @@ __all__ = [
     "ServiceError",
     "Transaction",
     "Unavailable",
+    "adapts",
     "contract",
     "current",
+    "deprecated",
     "idempotent",
+    "publish_versions",
     "readonly",
     "subscribe",
     "timeout",

@@ -82,30 +82,33 @@ class App:
                         f"app {self.name}: {caller} calls {dep.name!r}, but no service of the app "
                         "implements it; add its service to App(services=[...])"
                     )
-                if served.contract is not dep:
+                if dep not in served.contracts:
+                    majors = ", ".join(f"v{v}" for v in served.majors)
                     raise DefinitionError(
-                        f"app {self.name}: {caller} calls {dep.name} v{dep.version} but the app "
-                        f"serves v{served.contract.version}"
+                        f"app {self.name}: {caller} calls {dep.name} v{dep.version} but "
+                        f"{served.cls.__qualname__} serves {majors}; keep serving the major its "
+                        "callers use with also=[...] until they moved on"
                     )
 
     def _resolve_events(self) -> dict[type[Event], ContractSpec]:
         """Which contract publishes each event that some service consumes."""
         producers: dict[type[Event], list[ContractSpec]] = {}
         for spec in self.services.values():
-            for ev in spec.contract.events:
+            for ev in spec.events:
+                # The stream and subject are the service's: any of its majors stands for it.
                 producers.setdefault(ev, []).append(spec.contract)
         sources: dict[type[Event], ContractSpec] = {}
         for spec in self.services.values():
             for sub in spec.subscriptions:
                 options = producers.get(sub.event, [])
                 if sub.source is not None:
-                    if sub.source not in options:
+                    if sub.source.name not in {c.name for c in options}:
                         raise DefinitionError(
                             f"{spec.cls.__qualname__}.{sub.attr} subscribes to "
                             f"{sub.event.__name__} from {sub.source.name}, which does not declare "
                             "it in events=[...]"
                         )
-                    sources[sub.event] = sub.source
+                    sources[sub.event] = next(c for c in options if c.name == sub.source.name)
                 elif len(options) == 1:
                     sources[sub.event] = options[0]
                 elif not options:
@@ -127,7 +130,8 @@ class App:
         """Every declared call and event flow: the app's topology."""
         edges: list[Edge] = []
         if self.gateway is not None:
-            edges += [Edge("gateway", c.name, "call") for c in self.gateway.contracts]
+            called = dict.fromkeys(c.name for c in self.gateway.contracts)  # majors once
+            edges += [Edge("gateway", name, "call") for name in called]
         for spec in self.services.values():
             edges += [Edge(spec.name, dep, "call") for dep in spec.calls]
             for sub in spec.subscriptions:
@@ -218,7 +222,7 @@ def load(path: str | os.PathLike[str] | None = None, *, state_dir: Path | None =
     app = getattr(module, attr, None)
     if not isinstance(app, App):
         raise ConfigError(f"{module_name}:{attr} is not a cleave.App (found {type(app).__name__})")
-    plan.check({n: list(s.contract.methods) for n, s in app.services.items()})
+    plan.check({n: sorted({m.name for m in s.methods}) for n, s in app.services.items()})
     env_state = os.environ.get("CLEAVE_STATE_DIR")
     state = state_dir or (Path(env_state) if env_state else root / ".cleave")
     return LoadedApp(app, root, plan, state.resolve())

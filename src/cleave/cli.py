@@ -175,8 +175,16 @@ def ps(
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
     table = Table(title=f"{loaded.app.name}: {len(rows)} processes", title_justify="left")
-    for col in ("service", "replica", "pid", "group", "status", "uptime", "restarts", "version"):
-        table.add_column(col, justify="right" if col in ("replica", "pid", "restarts") else "left")
+    cols = ("service", "replica", "pid", "group", "status", "uptime", "restarts", "majors")
+    for col in (*cols, "version"):
+        table.add_column(
+            col,
+            justify="right" if col in ("replica", "pid", "restarts") else "left",
+            # In a narrow terminal the version digest gives way, never a name.
+            min_width=max((len(str(r[col])) for r in rows), default=0)
+            if col in ("service", "pid", "group", "status")
+            else None,
+        )
     for r in rows:
         status = r["status"]
         color = {
@@ -194,6 +202,7 @@ def ps(
             f"[{color}]{status}[/]",
             _uptime(r["uptime_s"]),
             str(r["restarts"]),
+            ",".join(f"v{m}" for m in r.get("majors", [])) or "-",
             r.get("version", ""),
         )
     console.print(table)
@@ -242,6 +251,28 @@ def status(
             or "-"
         )
         table.add_row(label, outbox, sagas, consumers)
+    console.print(table)
+    _print_event_consumers(workers)
+
+
+def _print_event_consumers(workers: dict[str, Any]) -> None:
+    """Who still consumes each version of each event (the broker's durable consumers)."""
+    by_subject: dict[str, set[str]] = {}
+    for st in workers.values():
+        for subjects in st.get("events", {}).values():
+            for subject, names in subjects.items():
+                by_subject.setdefault(subject, set()).update(names)
+    if not by_subject:
+        return
+    table = Table(title="events: consumers of each version", title_justify="left")
+    for col in ("event (service.topic)", "version", "consumers"):
+        table.add_column(col)
+    for subject in sorted(by_subject):
+        # cleave.evt.<service>.<topic>.v<major>
+        head, _, major = subject.rpartition(".")
+        _, _, service, topic = head.split(".", 3)
+        names = sorted(by_subject[subject])
+        table.add_row(f"{service}.{topic}", major, ", ".join(names) or "[yellow]none[/]")
     console.print(table)
 
 

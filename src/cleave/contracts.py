@@ -16,6 +16,13 @@ mypy see a plain Protocol.
 Wire names follow from the contract: RPC subjects are
 ``cleave.rpc.<service>.v<major>.<method>``, event subjects
 ``cleave.evt.<service>.<topic>.v<major>``.
+
+A breaking change is a new major: a second contract class with the same name
+and ``version=2``. A service can serve several majors at once (see
+:class:`cleave.Service`), so callers move from one to the next at their own
+pace. :func:`deprecated` marks what is on its way out: a method, an event, or
+a whole major; each use is logged and counted, and ``ContractSpec.deprecated``
+/ ``MethodSpec.deprecated`` (the reason, or None) let tools report it.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ __all__ = [
     "ContractSpec",
     "MethodSpec",
     "contract",
+    "deprecated",
+    "deprecation_of",
     "idempotent",
     "method_of",
     "readonly",
@@ -41,12 +50,14 @@ __all__ = [
 
 C = TypeVar("C", bound=type)
 F = TypeVar("F", bound=Callable[..., Any])
+D = TypeVar("D")
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _SPEC_ATTR = "__cleave_contract__"
 _METHOD_ATTR = "__cleave_method__"
 _IDEMPOTENT_ATTR = "__cleave_idempotent__"
 _READONLY_ATTR = "__cleave_readonly__"
+_DEPRECATED_ATTR = "__cleave_deprecated__"
 
 
 class MethodSpec:
@@ -54,6 +65,7 @@ class MethodSpec:
 
     __slots__ = (
         "contract",
+        "deprecated",
         "idempotent",
         "name",
         "qualname",
@@ -74,6 +86,7 @@ class MethodSpec:
         *,
         store_result: bool = True,
         readonly: bool = False,
+        deprecated: str | None = None,
     ) -> None:
         self.contract = contract
         self.name = name
@@ -85,6 +98,8 @@ class MethodSpec:
         self.store_result = idempotent and store_result
         #: The method changes nothing.
         self.readonly = readonly
+        #: Why the method is deprecated (its own mark, else its contract's), or None.
+        self.deprecated = deprecated
         self.qualname = f"{contract.name}.{name}"
         self.subject = f"{contract.rpc_prefix}.{name}"
 
@@ -121,10 +136,18 @@ class ContractSpec:
         self.description = description
         self.rpc_prefix = f"cleave.rpc.{name}.v{version}"
         self.methods: dict[str, MethodSpec] = {}
+        #: Why this whole major is deprecated, or None.
+        self.deprecated: str | None = None
 
     def event_subject(self, event: type[Event]) -> str:
         """The subject ``event`` is published on by this contract's service."""
         return f"cleave.evt.{self.name}.{event.__topic__}.v{event.__version__}"
+
+    @property
+    def deprecated_events(self) -> dict[type[Event], str]:
+        """The events of this contract marked :func:`deprecated`, with why."""
+        marked = {ev: deprecation_of(ev) for ev in self.events}
+        return {ev: reason for ev, reason in marked.items() if reason is not None}
 
     @property
     def stream(self) -> str:
@@ -162,6 +185,50 @@ def readonly(fn: F) -> F:
     return fn
 
 
+def deprecated(*, reason: str) -> Callable[[D], D]:
+    """Mark a contract method, an event, or a whole contract major as on its way out.
+
+    ::
+
+        @cleave.contract("billing", version=1)
+        class Billing(Protocol):
+            @cleave.deprecated(reason="use billing v2, whose charge names a currency")
+            async def charge(self, req: Charge) -> Receipt: ...
+
+    Nothing is wrapped: the mark is read where the contract is declared. Each
+    call of a deprecated method (each delivery of a deprecated event) is
+    logged, at most once a minute per caller, and counted in
+    ``cleave_deprecated_calls_total``, so you see who still uses it before
+    you retire it. ``reason`` says what to use instead.
+    """
+    if not isinstance(reason, str) or not reason.strip():
+        raise DefinitionError(
+            "cleave.deprecated(reason=...) needs a reason that says what to use instead, "
+            'e.g. reason="use billing v2"'
+        )
+
+    def mark(target: D) -> D:
+        spec = getattr(target, _SPEC_ATTR, None)
+        if isinstance(spec, ContractSpec) and spec.cls is target:
+            # Above @cleave.contract: the contract is declared already; mark it and its methods.
+            spec.deprecated = reason
+            for method in spec.methods.values():
+                method.deprecated = method.deprecated or reason
+        setattr(target, _DEPRECATED_ATTR, reason)
+        return target
+
+    return mark
+
+
+def deprecation_of(target: Any) -> str | None:
+    """Why ``target`` (an event class, a contract class or method) is deprecated, or None."""
+    if isinstance(target, type):
+        reason = vars(target).get(_DEPRECATED_ATTR)
+    else:
+        reason = getattr(target, _DEPRECATED_ATTR, None)
+    return reason if isinstance(reason, str) else None
+
+
 def contract(
     name: str,
     *,
@@ -179,6 +246,8 @@ def contract(
         raise DefinitionError(f"contract {name}: version must be a positive int, got {version!r}")
 
     def decorate(cls: C) -> C:
+        # @cleave.deprecated below @cleave.contract marked the class already.
+        whole = vars(cls).get(_DEPRECATED_ATTR)
         spec = ContractSpec(
             cls,
             name,
@@ -187,6 +256,7 @@ def contract(
             _check_errors(name, tuple(errors)),
             inspect.getdoc(cls) or "",
         )
+        spec.deprecated = whole if isinstance(whole, str) else None
         for attr, fn in vars(cls).items():
             if attr.startswith("_") or not callable(fn):
                 continue
@@ -252,6 +322,7 @@ def _method_spec(spec: ContractSpec, cls: type, attr: str, fn: Any) -> MethodSpe
         bool(marked),
         store_result=marked == "store",
         readonly=is_readonly,
+        deprecated=getattr(fn, _DEPRECATED_ATTR, None) or spec.deprecated,
     )
 
 

@@ -18,6 +18,20 @@ instance, ``subscribe()`` only marks the function. A unit test can build the
 class, set ``billing`` to a fake and await ``place_order`` directly (see
 :mod:`cleave.testing`).
 
+A service may serve several majors of its contract at once, so callers move
+to a new major at their own pace (see docs/versioning.md)::
+
+    class BillingService(cleave.Service, implements=BillingV2, also=[Billing]):
+        async def charge(self, req: ChargeV2) -> ReceiptV2: ...
+
+        @cleave.adapts(Billing.charge)          # v1's charge, as an adapter onto v2
+        async def charge_v1(self, req: Charge) -> Receipt:
+            receipt = await self.charge(ChargeV2(..., currency="EUR"))
+            return Receipt(...)
+
+A method of an older major whose request and response did not change needs
+nothing: the method of the same name serves both majors.
+
 The declarations (contract, dependencies, subscriptions, database) are the
 single source for the app's topology, start order and wiring; they are
 collected once into a :class:`ServiceSpec`.
@@ -28,10 +42,10 @@ from __future__ import annotations
 import inspect
 import re
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Generic, TypeVar, overload
 
-from cleave.contracts import ContractSpec, spec_of
+from cleave.contracts import ContractSpec, MethodSpec, method_of, spec_of
 from cleave.data.database import Database
 from cleave.data.saga import Saga
 from cleave.errors import DefinitionError, LifecycleError
@@ -42,6 +56,7 @@ __all__ = [
     "ServiceSpec",
     "Subscription",
     "Use",
+    "adapts",
     "spec_of_service",
     "subscribe",
     "use",
@@ -51,6 +66,33 @@ T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 _SUBSCRIBE_ATTR = "__cleave_subscribe__"
+_ADAPTS_ATTR = "__cleave_adapts__"
+
+
+def adapts(method: Callable[..., Any]) -> Callable[[F], F]:
+    """Mark ``async def`` as the implementation of ``method`` of an older major.
+
+    For a service declared with ``also=[ContractV1]``, when the older major's
+    method differs from the new one (other request or response types)::
+
+        @cleave.adapts(OrdersV1.place_order)
+        async def place_order_v1(self, req: PlaceOrderV1) -> OrderViewV1: ...
+
+    Typically it translates the request, calls the new method and translates
+    the answer back (an adapter), but it may be written by hand. The function
+    is returned unchanged.
+    """
+    spec = method_of(method)
+
+    def mark(fn: F) -> F:
+        if not inspect.iscoroutinefunction(fn):
+            raise DefinitionError(
+                f"{fn.__qualname__}: @cleave.adapts({spec.qualname}) marks an `async def`"
+            )
+        setattr(fn, _ADAPTS_ATTR, spec)
+        return fn
+
+    return mark
 
 
 class Use(Generic[T]):
@@ -219,15 +261,37 @@ class ServiceSpec:
         database: str | None,
         sagas: dict[str, Saga[Any]] | None = None,
         fallbacks: dict[str, Any] | None = None,
+        also: tuple[ContractSpec, ...] = (),
+        handlers: dict[MethodSpec, str] | None = None,
     ) -> None:
         self.cls = cls
+        #: The newest major it serves (``implements=``).
         self.contract = contract
+        #: Every major it serves, newest first: ``contract``, then ``also=``.
+        self.contracts = (contract, *also)
+        #: The attribute that answers each method of each major.
+        self.handlers = handlers or {m: m.name for m in contract.methods.values()}
         self.name = contract.name
         self.dependencies = dependencies
         self.subscriptions = subscriptions
         self.database = database
         self.sagas = sagas or {}
         self.fallbacks = fallbacks or {}
+
+    @property
+    def majors(self) -> list[int]:
+        """The major versions it serves, newest first."""
+        return [c.version for c in self.contracts]
+
+    @property
+    def methods(self) -> list[MethodSpec]:
+        """Every method it serves, of every major."""
+        return [m for c in self.contracts for m in c.methods.values()]
+
+    @property
+    def events(self) -> tuple[type[Event], ...]:
+        """Every event it publishes, of every major (each once)."""
+        return tuple(dict.fromkeys(ev for c in self.contracts for ev in c.events))
 
     @property
     def calls(self) -> list[str]:
@@ -239,23 +303,36 @@ class ServiceSpec:
 
 
 class Service:
-    """Base class of services. Subclass with ``implements=SomeContract``."""
+    """Base class of services. Subclass with ``implements=SomeContract``.
+
+    ``also=[OlderMajor, ...]`` serves older majors of the same contract too
+    (see :func:`adapts`).
+    """
 
     __cleave_service__: ClassVar[ServiceSpec]
     #: The service's name: its contract's name.
     name: ClassVar[str]
 
-    def __init_subclass__(cls, *, implements: Any = None, **kw: Any) -> None:
+    def __init_subclass__(
+        cls, *, implements: Any = None, also: Iterable[Any] = (), **kw: Any
+    ) -> None:
         super().__init_subclass__(**kw)
         if implements is None:
             parent: ServiceSpec | None = getattr(cls, "__cleave_service__", None)
             if parent is None:
+                if also:
+                    raise DefinitionError(
+                        f"{cls.__qualname__}: also=[...] names older majors of the contract "
+                        "given with implements=; add implements=<newest major>"
+                    )
                 return  # an abstract base; spec_of_service() explains if it is used as one
-            contract = parent.contract  # a subclass (a test double, say) keeps the contract
+            # A subclass (a test double, say) keeps the contract and its majors.
+            contract, older = parent.contract, parent.contracts[1:]
         else:
             contract = spec_of(implements)
+            older = _check_majors(cls.__qualname__, contract, [spec_of(c) for c in also])
         cls.name = contract.name
-        cls.__cleave_service__ = _collect(cls, contract)
+        cls.__cleave_service__ = _collect(cls, contract, older)
 
     async def on_start(self) -> None:
         """Called once its database is ready and before it takes calls: seed data here."""
@@ -264,7 +341,92 @@ class Service:
         """Called after the service has stopped taking calls and events."""
 
 
-def _collect(cls: type[Service], contract: ContractSpec) -> ServiceSpec:
+def _check_majors(
+    where: str, contract: ContractSpec, older: list[ContractSpec]
+) -> tuple[ContractSpec, ...]:
+    """The older majors of ``also=``, checked: same contract name, each major once."""
+    seen = {contract.version}
+    for spec in older:
+        if spec.name != contract.name:
+            raise DefinitionError(
+                f"{where} implements {contract.name} but also=[...] names {spec.name} "
+                f"v{spec.version}; also= takes other majors of {contract.name} only (a service "
+                "serves one contract)"
+            )
+        if spec.version in seen:
+            raise DefinitionError(
+                f"{where}: {contract.name} v{spec.version} is named twice in implements=/also="
+            )
+        seen.add(spec.version)
+    events: dict[tuple[str, int], type[Event]] = {}
+    for spec in (contract, *older):
+        for ev in spec.events:
+            key = (ev.__topic__, ev.__version__)
+            if events.setdefault(key, ev) is not ev:
+                raise DefinitionError(
+                    f"{where}: events {events[key].__name__} and {ev.__name__} of different "
+                    f"majors of {contract.name} share topic {key[0]!r} v{key[1]}; a changed "
+                    "event needs a new version= (or the same class in both majors)"
+                )
+    return tuple(older)
+
+
+def _older_handlers(cls: type[Service], older: tuple[ContractSpec, ...]) -> dict[MethodSpec, str]:
+    """The attribute that serves each method of each older major."""
+    where = cls.__qualname__
+    marked: dict[MethodSpec, str] = {}
+    for klass in reversed(cls.__mro__):
+        for attr, value in vars(klass).items():
+            target = getattr(value, _ADAPTS_ATTR, None)
+            if target is None:
+                continue
+            if target.contract not in older:
+                raise DefinitionError(
+                    f"{where}.{attr} adapts {target.qualname} v{target.contract.version}, a major "
+                    f"{where} does not serve; add its contract to also=[...]"
+                )
+            marked[target] = attr
+    handlers: dict[MethodSpec, str] = {}
+    for spec in older:
+        for name, method in spec.methods.items():
+            adapter = marked.get(method)
+            if adapter is not None:
+                _check_signature(
+                    where, adapter, getattr(cls, adapter), method.request, method.response
+                )
+                handlers[method] = adapter
+            elif _same_signature(getattr(cls, name, None), method):
+                handlers[method] = name  # unchanged between the majors: one method serves both
+            else:
+                raise DefinitionError(
+                    f"{where} serves {spec.name} v{spec.version} (also=[...]) but nothing answers "
+                    f"its {name}({method.request.__name__}) -> {method.response.__name__}; add "
+                    f"`@cleave.adapts({spec.cls.__qualname__}.{name}) async def {name}_v"
+                    f"{spec.version}(self, req: {method.request.__name__}) -> "
+                    f"{method.response.__name__}`"
+                )
+    return handlers
+
+
+def _same_signature(impl: Any, method: MethodSpec) -> bool:
+    """Whether ``impl`` takes ``method``'s request and returns its response."""
+    if impl is None or not inspect.iscoroutinefunction(impl):
+        return False
+    try:
+        hints = typing.get_type_hints(impl)
+    except NameError:
+        return False
+    params = list(inspect.signature(impl).parameters.values())[1:]
+    return (
+        len(params) == 1
+        and hints.get(params[0].name) is method.request
+        and hints.get("return") is method.response
+    )
+
+
+def _collect(
+    cls: type[Service], contract: ContractSpec, older: tuple[ContractSpec, ...] = ()
+) -> ServiceSpec:
     where = cls.__qualname__
     for name, method in contract.methods.items():
         impl = getattr(cls, name, None)
@@ -307,7 +469,9 @@ def _collect(cls: type[Service], contract: ContractSpec) -> ServiceSpec:
             raise DefinitionError(f"{where}.{attr}: a service cannot use its own contract")
     _check_identities(where, list(subscriptions.values()))
     database = databases[0] if databases else None
-    if database is None and (subscriptions or contract.events or sagas):
+    handlers = {m: m.name for m in contract.methods.values()}
+    handlers.update(_older_handlers(cls, older))
+    if database is None and (subscriptions or sagas or any(c.events for c in (contract, *older))):
         raise DefinitionError(
             f"{where} publishes or consumes events or runs sagas, so it needs a database for "
             "its outbox, inbox and saga records: add `db = cleave.Database()`"
@@ -316,7 +480,15 @@ def _collect(cls: type[Service], contract: ContractSpec) -> ServiceSpec:
         if not saga.steps:
             raise DefinitionError(f"{where}.{attr}: the saga has no steps; add @{attr}.step")
     return ServiceSpec(
-        cls, contract, dependencies, list(subscriptions.values()), database, sagas, fallbacks
+        cls,
+        contract,
+        dependencies,
+        list(subscriptions.values()),
+        database,
+        sagas,
+        fallbacks,
+        older,
+        handlers,
     )
 
 

@@ -76,7 +76,8 @@ async def test_services_answer_micro_discovery(split: Any, nc: Any) -> None:
     assert set(by_name) == set(spec_of(Greeter).methods)
     assert by_name["greet"]["subject"] == subject_for(split.prefix, "cleave.rpc.greeter.v1.greet")
     assert by_name["greet"]["queue_group"] == "greeter"
-    assert by_name["add"]["metadata"] == {"idempotent": "true"}
+    assert by_name["add"]["metadata"] == {"idempotent": "true", "version": "1"}
+    assert info["metadata"]["majors"] == "1"
 
     [stats] = await gather(nc, f"$SRV.STATS.greeter.{info['id']}")
     greet = next(e for e in stats["endpoints"] if e["name"] == "greet")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import cleave
-from shop.contracts.billing import Billing
+from shop.contracts.billing import BillingV2
 from shop.contracts.catalog import Catalog
 from shop.contracts.inventory import Inventory
 from shop.contracts.notifications import Notifications
@@ -26,8 +26,9 @@ gateway = cleave.Gateway(title="Cleave shop", version="1.0.0")
 gateway.get("/v1/products", Catalog.list_products, unwrap="products")
 gateway.get("/v1/products/{sku}", Catalog.get_product)
 gateway.get("/v1/inventory/{sku}", Inventory.get_stock)
-gateway.get("/v1/accounts", Billing.list_accounts, unwrap="accounts")
-gateway.get("/v1/accounts/{account_id}", Billing.get_account)
+# The public API stays v1 while it calls billing's v2: the two version independently.
+gateway.get("/v1/accounts", BillingV2.list_accounts, unwrap="accounts")
+gateway.get("/v1/accounts/{account_id}", BillingV2.get_account)
 gateway.post(
     "/v1/orders",
     Orders.place_order,

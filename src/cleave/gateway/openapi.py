@@ -86,7 +86,9 @@ def openapi(gateway: Gateway, *, title: str) -> dict[str, Any]:
 
 
 def operation_id(method: MethodSpec) -> str:
-    return f"{method.contract.name}_{method.name}"
+    # A later major's method may be routed beside the first's: each keeps its own id.
+    major = f"_v{method.contract.version}" if method.contract.version > 1 else ""
+    return f"{method.contract.name}_{method.name}{major}"
 
 
 def _operation(route: Route, components: dict[str, Any], gateway: Gateway) -> dict[str, Any]:

@@ -200,8 +200,8 @@ class Gateway:
 
     @property
     def contracts(self) -> list[ContractSpec]:
-        """The contracts the gateway calls, in route order, without repeats."""
-        seen: dict[str, ContractSpec] = {}
+        """The contracts the gateway calls (each major apart), in route order, without repeats."""
+        seen: dict[tuple[str, int], ContractSpec] = {}
         for r in self.routes:
-            seen.setdefault(r.method.contract.name, r.method.contract)
+            seen.setdefault((r.method.contract.name, r.method.contract.version), r.method.contract)
         return list(seen.values())

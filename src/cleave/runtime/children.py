@@ -66,6 +66,8 @@ class Child:
         self.ever_ready = False
         self.last_exit: int | None = None
         self.version = ""
+        #: The contract majors each service of this worker serves (from its ready note).
+        self.majors: dict[str, list[int]] = {}
         self.admin_port: int | None = None
         self.proc: asyncio.subprocess.Process | None = None
         self.ready = asyncio.Event()
@@ -89,6 +91,7 @@ class Child:
                 "uptime_s": round(uptime, 1) if uptime is not None else None,
                 "restarts": self.restarts,
                 "version": self.version,
+                "majors": self.majors.get(service, []),
                 "generation": self.generation,
                 "last_exit": self.last_exit,
             }
@@ -292,6 +295,7 @@ class Children:
                         child.ever_ready = True
                         child.ready_at = time.time()
                         child.version = note.get("version", "")
+                        child.majors = note.get("majors") or {}
                         child.admin_port = note.get("admin_port")
                         child.ready.set()
                         self._changed()

@@ -18,6 +18,11 @@ here, so every placement behaves alike:
   purpose (its writes rolled back; the error kept in a transaction of its
   own). A transient failure (unavailable, deadline, open circuit, a remote
   crash, a bug) is not remembered, so a retry with the same id runs again.
+
+A service may serve several majors of its contract: each method of each major
+runs the attribute its :class:`~cleave.ServiceSpec` names for it, errors are
+allow-listed by the major the caller called, and a call of a deprecated method
+is counted (see :mod:`cleave.runtime.deprecation`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import time
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import sqlalchemy as sa
 import structlog
 
@@ -52,6 +58,7 @@ if TYPE_CHECKING:
     from cleave.data.database import Database
     from cleave.faults import Faults
     from cleave.messages import Message
+    from cleave.runtime.deprecation import Deprecations
     from cleave.service import Service, ServiceSpec
 
 __all__ = ["Dispatcher"]
@@ -85,6 +92,7 @@ class Dispatcher:
         db: Database | None,
         *,
         strict: bool = False,
+        deprecations: Deprecations | None = None,
     ) -> None:
         self.spec = spec
         self.name = spec.name
@@ -92,11 +100,15 @@ class Dispatcher:
         self.db = db
         self.strict = strict
         self.allowed = spec.contract.errors
-        self.bound: dict[str, Any] = {n: getattr(instance, n) for n in spec.contract.methods}
+        #: The bound method that answers each method of each major served.
+        self.bound: dict[MethodSpec, Any] = {
+            m: getattr(instance, attr) for m, attr in spec.handlers.items()
+        }
         #: Injected faults (see cleave.faults), None in normal operation.
         self.faults: Faults | None = None
-        #: Calls served, by method name.
-        self.stats: dict[str, CallStats] = {n: CallStats() for n in spec.contract.methods}
+        #: Calls served, by method name (the majors of a method counted together).
+        self.stats: dict[str, CallStats] = {m.name: CallStats() for m in spec.methods}
+        self.deprecations = deprecations
 
     async def invoke(
         self, method: MethodSpec, request: Message, ctx: CallContext, counted: bool = False
@@ -113,6 +125,11 @@ class Dispatcher:
                 ctx.traceparent = span.traceparent
                 id_attributes(request, span.attributes)
         stats = None if counted else self.stats[method.name]
+        if method.deprecated is not None and self.deprecations is not None:
+            self.deprecations.record(
+                ("method", self.name, method.contract.version, method.name, ctx.caller),
+                method.deprecated,
+            )
         if stats is not None:
             stats.in_flight += 1
             started = perf_counter()
@@ -128,7 +145,7 @@ class Dispatcher:
             if method.store_result and self.db is not None:
                 result = await self._idempotent(method, request, ctx)
             else:
-                result = await self.bound[method.name](request)
+                result = await self.bound[method](request)
             if type(result) is not method.response:
                 raise TypeError(
                     f"{method.qualname} returned {type(result).__name__}; the contract says "
@@ -170,7 +187,9 @@ class Dispatcher:
 
     def as_seen_by_caller(self, exc: BaseException, method: MethodSpec) -> CallError:
         """``exc`` rebuilt exactly as a remote caller would rebuild it from the wire."""
-        return from_info(to_info(exc, service=self.name, method=method.name), self.allowed)
+        return from_info(
+            to_info(exc, service=self.name, method=method.name), method.contract.errors
+        )
 
     def error_info(self, exc: BaseException, method: MethodSpec) -> ErrorInfo:
         return to_info(exc, service=self.name, method=method.name)
@@ -180,14 +199,14 @@ class Dispatcher:
         assert self.db is not None
         record: dict[str, Any] = {
             "request_id": ctx.request_id,
-            "method": method.qualname,
+            "method": _recorded_name(method),
             "fingerprint": hashlib.blake2b(to_msgpack(request), digest_size=16).hexdigest(),
         }
         try:
             async with self.db.transaction() as tx:
                 stored = await tx.fetch_one(_FIND, {"request_id": ctx.request_id})
                 if stored is None:
-                    result: Message = await self.bound[method.name](request)
+                    result: Message = await self.bound[method](request)
                     record.update(is_error=0, result=to_msgpack(result), created_at=time.time())
                     await tx.run(_RECORD, record)
         except ServiceError as exc:
@@ -206,18 +225,38 @@ class Dispatcher:
 
     def _replay(self, method: MethodSpec, ctx: CallContext, fingerprint: str, row: Any) -> Message:
         stored_method, stored_fp, is_error, payload = row
-        if stored_method != method.qualname or stored_fp != fingerprint:
+        qualname, _, major = stored_method.partition("@v")
+        # A retry in another major of the same method (a caller deployed onto v2 retrying
+        # what its v1 predecessor sent) repeats that call: its request differs in shape
+        # by design, so only the method is compared, and the first answer is given again.
+        other_major = qualname == method.qualname and int(major or 1) != method.contract.version
+        if qualname != method.qualname or (stored_fp != fingerprint and not other_major):
             raise Conflict(
                 f"request id {ctx.request_id!r} was already used for a different request "
-                f"to {stored_method}; use a new idempotency key for a new request",
+                f"to {qualname}; use a new idempotency key for a new request",
                 service=self.name,
                 method=method.name,
             )
         if is_error:
             info = from_msgpack(payload, ErrorInfo)
-            raise from_info(info, self.allowed)
-        result: Message = from_msgpack(payload, method.response)
+            raise from_info(info, method.contract.errors)
+        try:
+            result: Message = from_msgpack(payload, method.response)
+        except msgspec.DecodeError as exc:
+            raise Conflict(
+                f"request id {ctx.request_id!r} was answered by {qualname} v{major or 1}, whose "
+                f"answer does not fit v{method.contract.version}'s {method.response.__name__} "
+                f"({exc}); retry with the major the call was first made in",
+                service=self.name,
+                method=method.name,
+            ) from exc
         return result
+
+
+def _recorded_name(method: MethodSpec) -> str:
+    """The method as its stored outcomes name it: ``qualname``, ``qualname@v2`` past v1."""
+    version = method.contract.version
+    return method.qualname if version == 1 else f"{method.qualname}@v{version}"
 
 
 def describe(exc: BaseException) -> str:

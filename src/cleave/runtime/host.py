@@ -10,10 +10,16 @@ remote endpoints.
 Start order: databases and ``on_start`` hooks (callees first), then streams
 and consumers, then relays, then endpoints, so a service takes calls only
 when it is ready. Stop runs the other way round.
+
+A service may serve several majors of its contract and publish several
+versions of an event: the host binds every event of every major, keeps an
+:class:`~cleave.audience.Audience` per publisher (who still consumes each
+version), and counts uses of deprecated methods and events.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,13 +27,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
+from cleave.audience import Audience
+from cleave.contracts import deprecation_of
 from cleave.data.database import Database
 from cleave.data.deadletters import DeadLetterStore, Replayer
 from cleave.data.inbox import EventConsumer
 from cleave.data.janitor import Janitor, Retention
 from cleave.data.outbox import OutboxRelay
 from cleave.data.saga import SagaRunner
-from cleave.errors import LifecycleError
+from cleave.errors import CleaveError, LifecycleError
+from cleave.runtime.deprecation import Deprecations
 from cleave.runtime.dispatch import Dispatcher
 from cleave.runtime.router import Router, make_client
 from cleave.runtime.subscriptions import plan_subscriptions
@@ -37,6 +46,7 @@ if TYPE_CHECKING:
     from cleave.app import App
     from cleave.config import Plan
     from cleave.faults import Faults
+    from cleave.messages import Event
     from cleave.service import Service
     from cleave.transport.base import Broker, RpcClient, Subscription
 
@@ -98,6 +108,10 @@ class Host:
         self.databases: dict[str, Database] = {}
         self.dispatchers: dict[str, Dispatcher] = {}
         self.relays: dict[str, OutboxRelay] = {}
+        #: Who consumes the events of each publishing service here.
+        self.audiences: dict[str, Audience] = {}
+        #: Uses of deprecated methods and events seen here.
+        self.deprecations = Deprecations()
         self.consumers: list[EventConsumer] = []
         self.sagas: list[SagaRunner[Any]] = []
         self.janitors: list[Janitor] = []
@@ -150,7 +164,7 @@ class Host:
         if spec.database is not None:
             declared: Database = getattr(spec.cls, spec.database)
             url = self.plan.database_url(name, self.data_dir)
-            subjects = {ev: spec.contract.event_subject(ev) for ev in spec.contract.events}
+            subjects = {ev: spec.contract.event_subject(ev) for ev in spec.events}
             db = declared.bind(name, url, subjects, synchronous=self.plan.database.synchronous)
             await db.start()
             self.databases[name] = db
@@ -163,7 +177,9 @@ class Host:
             runner = SagaRunner(saga, instance, db, service=name, owner=self.instance)
             instance.__dict__[attr] = runner
             self.sagas.append(runner)
-        dispatcher = Dispatcher(spec, instance, db, strict=self.plan.runtime.strict)
+        dispatcher = Dispatcher(
+            spec, instance, db, strict=self.plan.runtime.strict, deprecations=self.deprecations
+        )
         self.instances[name] = instance
         self.dispatchers[name] = dispatcher
         self.router.local[name] = dispatcher
@@ -172,10 +188,20 @@ class Host:
     async def _start_events(self, name: str) -> None:
         spec = self.app.services[name]
         db = self.databases.get(name)
-        if spec.contract.events and db is not None:
+        if spec.events and db is not None:
             subjects = [f"cleave.evt.{name}.>"]
             await self.broker.ensure_stream(spec.contract.stream, subjects)
             self.relays[name] = OutboxRelay(db, self.broker, holder=self.instance)
+            declared = {ev for ev, src in self.app.event_sources.items() if src.name == name}
+            audience = Audience(
+                spec.contract.stream,
+                {ev: spec.contract.event_subject(ev) for ev in spec.events},
+                declared,
+            )
+            await audience.refresh(self.broker)
+            audience.attach(db)
+            audience.start(self.broker)
+            self.audiences[name] = audience
         if not spec.subscriptions:
             return
         assert db is not None  # checked when the service was declared
@@ -189,7 +215,7 @@ class Host:
                 service=name,
                 name=start.durable,
                 event=sub.event,
-                handler=getattr(self.instances[name], sub.attr),
+                handler=self._handler(name, sub.attr, sub.event),
                 db=db,
                 broker=self.broker,
                 policy=self.consumer_policy,
@@ -210,6 +236,22 @@ class Host:
             self.consumer_subscriptions.append((consumer, subscription))
             await start.finish(self.broker)
 
+    def _handler(self, service: str, attr: str, event: type[Event]) -> Any:
+        """The consumer's handler; for a deprecated event, one that counts each delivery."""
+        handler = getattr(self.instances[service], attr)
+        reason = deprecation_of(event)
+        if reason is None:
+            return handler
+        source = self.app.event_sources[event].name
+        use = ("event", source, event.__version__, event.__topic__, service)
+        deprecations = self.deprecations
+
+        async def counted(received: Event) -> Any:
+            deprecations.record(use, reason)
+            return await handler(received)
+
+        return counted
+
     def inject(self, service: str, faults: Faults | None) -> None:
         """Set (or with None, clear) injected faults on a service of this host."""
         dispatcher = self.dispatchers.get(service)
@@ -223,6 +265,9 @@ class Host:
         kept: dict[str, int] = {}  # dead letters in the databases now, per consumer
         for service, db in {c.service: c.db for c in self.consumers}.items():
             kept.update(await DeadLetterStore(db, service).counts())
+        for audience in self.audiences.values():
+            with contextlib.suppress(CleaveError):  # the broker away: the last view
+                await audience.refresh(self.broker)
         for consumer, subscription in self.consumer_subscriptions:
             consumers[consumer.name] = {
                 "processed": consumer.processed,
@@ -240,6 +285,9 @@ class Host:
             "sagas": {runner.kind: await runner.pending() for runner in self.sagas},
             "sagas_stuck": {runner.kind: await runner.stuck() for runner in self.sagas},
             "consumers": consumers,
+            "majors": {name: self.app.services[name].majors for name in self.names},
+            # Each event subject of the services here, with the durable consumers that read it.
+            "events": {name: a.consumers() for name, a in self.audiences.items()},
             "in_flight": getattr(self.server, "in_flight", 0),
             "faults": {
                 name: msgspec.to_builtins(d.faults)
@@ -272,6 +320,8 @@ class Host:
             await janitor.stop()
         for relay in self.relays.values():
             await relay.stop()
+        for audience in self.audiences.values():
+            await audience.stop()
         for name in reversed(self.names):
             instance = self.instances.get(name)
             if instance is not None:

@@ -107,6 +107,15 @@ class HostCollector(Collector):
         yield served_time
         yield in_flight
 
+        deprecated = CounterMetricFamily(
+            "cleave_deprecated_calls",
+            "Uses of deprecated methods (calls) and events (deliveries), by caller or consumer.",
+            labels=["kind", "service", "version", "name", "caller"],
+        )
+        for (kind, service, major, name, caller), n in host.deprecations.counts.items():
+            deprecated.add_metric([kind, service, str(major), name, caller], n)
+        yield deprecated
+
         state = GaugeMetricFamily(
             "cleave_breaker_state",
             "Circuit state: 0 closed, 1 half-open, 2 open.",

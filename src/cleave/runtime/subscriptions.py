@@ -260,7 +260,7 @@ def _choices(spec: ServiceSpec, plan: Plan) -> dict[str, tuple[str, bool]]:
 async def _all_consumers(app: App, broker: Broker) -> set[str]:
     names: set[str] = set()
     for spec in app.services.values():
-        if spec.contract.events:
+        if spec.events:
             names |= {c.name for c in await broker.consumers(spec.contract.stream)}
     return names
 

@@ -125,6 +125,7 @@ async def _serve(
             "ready",
             services=names or ["gateway"],
             version=version,
+            majors={n: app.services[n].majors for n in names},
             admin_port=admin.port,
             url=http.url if http else "",
         )

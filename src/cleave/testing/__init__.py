@@ -86,7 +86,7 @@ async def build(
         db: Database | None = None
         if spec.database is not None:
             declared: Database = getattr(service, spec.database)
-            subjects = {ev: spec.contract.event_subject(ev) for ev in spec.contract.events}
+            subjects = {ev: spec.contract.event_subject(ev) for ev in spec.events}
             db = declared.bind(
                 spec.name, database_url or default_url(Path(tmp), spec.name), subjects
             )
@@ -115,7 +115,7 @@ async def published(instance: Service) -> list[Event]:
     if spec.database is None:
         return []
     db: Database = getattr(instance, spec.database)
-    by_subject = {spec.contract.event_subject(ev): ev for ev in spec.contract.events}
+    by_subject = {spec.contract.event_subject(ev): ev for ev in spec.events}
     async with db.read() as tx:
         rows = (
             await tx.execute(

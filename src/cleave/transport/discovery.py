@@ -3,8 +3,11 @@
 Each running service instance answers ``$SRV.PING``, ``$SRV.INFO`` and
 ``$SRV.STATS`` (also with ``.<name>`` and ``.<name>.<id>`` suffixes) with the
 JSON documents of the ``io.nats.micro.v1`` schemas: ``nats micro ls`` lists
-them, ``nats micro info billing`` shows their endpoints (one per contract
-method) and ``nats micro stats`` their request counts and timings.
+them, ``nats micro info billing`` shows their endpoints (one per method of
+each major served) and ``nats micro stats`` their request counts and timings.
+The majors an instance serves are in its metadata (``"majors": "2,1"``), the
+major of each endpoint in the endpoint's (``"version": "2"``); an endpoint of
+an older major is named ``<method>.v<major>``, so names stay unique.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
     from nats.aio.msg import Msg
 
+    from cleave.contracts import MethodSpec
     from cleave.runtime.dispatch import Dispatcher
 
 __all__ = ["Discovery"]
@@ -29,11 +33,19 @@ PREFIX = "$SRV"
 
 
 class _Instance:
-    def __init__(self, name: str, instance_id: str, description: str, endpoints: list[Any]) -> None:
+    def __init__(
+        self,
+        name: str,
+        instance_id: str,
+        description: str,
+        endpoints: list[Any],
+        majors: list[int],
+    ) -> None:
         self.name = name
         self.id = instance_id
         self.description = description
         self.endpoints = endpoints
+        self.majors = majors
 
 
 class Discovery:
@@ -57,6 +69,7 @@ class Discovery:
                 f"{instance}-{d.name}",
                 d.spec.contract.description.split("\n")[0],
                 [e for e in endpoints.values() if e.dispatcher is d],
+                d.spec.majors,
             )
             for d in dispatchers
         ]
@@ -94,7 +107,7 @@ class Discovery:
             "name": inst.name,
             "id": inst.id,
             "version": self.version,
-            "metadata": {"framework": "cleave"},
+            "metadata": {"framework": "cleave", "majors": ",".join(map(str, inst.majors))},
         }
 
     async def _answer(self, msg: Msg, documents: list[dict[str, Any]]) -> None:
@@ -114,10 +127,13 @@ class Discovery:
             doc["description"] = inst.description
             doc["endpoints"] = [
                 {
-                    "name": e.method.name,
+                    "name": _endpoint_name(inst, e.method),
                     "subject": e.subject,
                     "queue_group": inst.name,
-                    "metadata": {"idempotent": str(e.method.idempotent).lower()},
+                    "metadata": {
+                        "idempotent": str(e.method.idempotent).lower(),
+                        "version": str(e.method.contract.version),
+                    },
                 }
                 for e in inst.endpoints
             ]
@@ -131,7 +147,7 @@ class Discovery:
             doc["started"] = self.started
             doc["endpoints"] = [
                 {
-                    "name": e.method.name,
+                    "name": _endpoint_name(inst, e.method),
                     "subject": e.subject,
                     "queue_group": inst.name,
                     "num_requests": e.requests,
@@ -144,3 +160,10 @@ class Discovery:
             ]
             docs.append(doc)
         await self._answer(msg, docs)
+
+
+def _endpoint_name(inst: _Instance, method: MethodSpec) -> str:
+    """The method's name; ``<method>.v<major>`` for a method of an older major."""
+    if method.contract.version == inst.majors[0]:
+        return method.name
+    return f"{method.name}.v{method.contract.version}"

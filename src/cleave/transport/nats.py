@@ -105,7 +105,9 @@ class NatsRpcClient:
             )
         except nats.errors.NoRespondersError:
             raise Unavailable(
-                f"no replica of {method.contract.name} is running (nobody serves {method.subject})",
+                f"no replica of {method.contract.name} is running that serves "
+                f"v{method.contract.version} (nobody serves {method.subject}); start it, or, "
+                "rolling out a new major, deploy the service before its callers",
                 service=method.contract.name,
                 method=method.name,
                 ran=False,
@@ -187,19 +189,21 @@ class NatsRpcServer:
 
     async def serve(self, dispatchers: Sequence[Dispatcher]) -> None:
         for d in dispatchers:
-            for method in d.spec.contract.methods.values():
+            for method in d.spec.methods:  # every major it serves
                 subject = subject_for(self.prefix, method.subject)
                 self.endpoints[subject] = _Endpoint(d, method, subject)
         self._accepting = True
         for d in dispatchers:
-            contract = d.spec.contract
-            self._subs.append(
-                await self.nc.subscribe(
-                    subject_for(self.prefix, f"{contract.rpc_prefix}.*"),
-                    queue=contract.name,
-                    cb=self._on_request,
+            for contract in d.spec.contracts:
+                # One queue group per service across its majors: a v1 call reaches any
+                # replica that serves v1, old code or new, during a rolling deploy.
+                self._subs.append(
+                    await self.nc.subscribe(
+                        subject_for(self.prefix, f"{contract.rpc_prefix}.*"),
+                        queue=contract.name,
+                        cb=self._on_request,
+                    )
                 )
-            )
         self._watchdog = asyncio.get_running_loop().create_task(self._watch_deadlines())
         self.discovery = Discovery(
             self.nc, self.instance, self.version, dispatchers, self.endpoints

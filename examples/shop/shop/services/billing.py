@@ -4,6 +4,10 @@ A charge row per order makes "charged twice" impossible whatever the retry:
 a second charge for the same order returns the first receipt. A refund
 before the charge arrives (a charge still in flight when checkout gave up)
 leaves a tombstone, so that charge is declined when it lands.
+
+It serves billing v2 and, for callers not moved yet, v1: v1's charge is an
+adapter onto v2's (v1 implied the accounts' currency). The other methods did
+not change between the majors, so one method serves both.
 """
 
 from __future__ import annotations
@@ -18,10 +22,13 @@ from shop.contracts.billing import (
     Account,
     AccountList,
     Billing,
+    BillingV2,
     Charge,
+    ChargeV2,
     GetAccount,
     ListAccounts,
     PaymentCaptured,
+    PaymentCapturedV2,
     PaymentRefunded,
     Receipt,
     Refund,
@@ -31,6 +38,8 @@ from shop.contracts.orders import OrderCancelled
 from shop.seed import ACCOUNTS
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+#: The currency every account is held in.
+CURRENCY = "EUR"
 metadata = sa.MetaData()
 accounts = sa.Table(
     "accounts",
@@ -78,7 +87,7 @@ RECORD_CHARGE = cleave.Prepared(
 )
 
 
-class BillingService(cleave.Service, implements=Billing):
+class BillingService(cleave.Service, implements=BillingV2, also=[Billing]):
     db = cleave.Database(metadata, migrations=MIGRATIONS / "billing")
 
     async def on_start(self) -> None:
@@ -106,7 +115,19 @@ class BillingService(cleave.Service, implements=Billing):
             raise cleave.NotFound(f"no account {req.account_id!r}")
         return Account(account_id=row.account_id, balance_cents=row.balance_cents)
 
-    async def charge(self, req: Charge) -> Receipt:
+    @cleave.adapts(Billing.charge)
+    async def charge_v1(self, req: Charge) -> Receipt:
+        # v1 callers charged in the accounts' currency without saying so.
+        return await self.charge(
+            ChargeV2(
+                order_id=req.order_id,
+                account_id=req.account_id,
+                amount_cents=req.amount_cents,
+                currency=CURRENCY,
+            )
+        )
+
+    async def charge(self, req: ChargeV2) -> Receipt:
         async with self.db.transaction() as tx:
             prior = await tx.fetch_one(FIND_CHARGE, {"order_id": req.order_id})
             if prior is not None:
@@ -122,6 +143,8 @@ class BillingService(cleave.Service, implements=Billing):
             balance = None if row is None else row.balance_cents
             if balance is None:
                 reason = f"no account {req.account_id!r}"
+            elif req.currency != CURRENCY:
+                reason = f"accounts are held in {CURRENCY}, not {req.currency}"
             elif balance < req.amount_cents:
                 reason = (
                     f"insufficient funds: balance {balance} cents, total {req.amount_cents} cents"
@@ -155,10 +178,18 @@ class BillingService(cleave.Service, implements=Billing):
                     "updated_at": time.time(),
                 },
             )
-            tx.publish(
+            # v1 goes on as long as anyone still consumes it.
+            cleave.publish_versions(
+                tx,
+                PaymentCapturedV2(
+                    order_id=req.order_id,
+                    account_id=req.account_id,
+                    amount_cents=req.amount_cents,
+                    currency=req.currency,
+                ),
                 PaymentCaptured(
                     order_id=req.order_id, account_id=req.account_id, amount_cents=req.amount_cents
-                )
+                ),
             )
         return Receipt(order_id=req.order_id, status="captured", amount_cents=req.amount_cents)
 

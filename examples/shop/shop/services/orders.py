@@ -27,7 +27,7 @@ import structlog
 
 import cleave
 from cleave.context import new_request_id
-from shop.contracts.billing import Billing, Charge, GetAccount, Refund
+from shop.contracts.billing import BillingV2, ChargeV2, GetAccount, Refund
 from shop.contracts.catalog import Catalog, GetPrices
 from shop.contracts.inventory import Inventory, Release, Reserve
 from shop.contracts.orders import (
@@ -45,6 +45,8 @@ from shop.contracts.orders import (
 log = structlog.get_logger("shop.orders")
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+#: The currency of the shop's prices and orders.
+CURRENCY = "EUR"
 metadata = sa.MetaData()
 orders = sa.Table(
     "orders",
@@ -116,7 +118,7 @@ class OrdersService(cleave.Service, implements=Orders):
     db = cleave.Database(metadata, migrations=MIGRATIONS / "orders")
     catalog = cleave.use(Catalog)
     inventory = cleave.use(Inventory)
-    billing = cleave.use(Billing)
+    billing = cleave.use(BillingV2)
 
     checkout = cleave.Saga(CheckoutState, timeout=20.0, step_timeout=5.0)
 
@@ -200,7 +202,12 @@ class OrdersService(cleave.Service, implements=Orders):
     @checkout.step
     async def charge(self, s: CheckoutState) -> CheckoutState:
         receipt = await self.billing.charge(
-            Charge(order_id=s.order_id, account_id=s.account_id, amount_cents=s.total_cents)
+            ChargeV2(
+                order_id=s.order_id,
+                account_id=s.account_id,
+                amount_cents=s.total_cents,
+                currency=CURRENCY,
+            )
         )
         if receipt.status != "captured":
             raise cleave.Abort(f"payment declined: {receipt.reason}")
