@@ -43,6 +43,7 @@ def test_one_channel_per_event_subject_and_major(doc: dict[str, Any]) -> None:
     addresses = sorted(c["address"] for c in doc["channels"].values())
     assert addresses == [
         "cleave.evt.billing.payment_captured.v1",
+        "cleave.evt.billing.payment_captured.v2",
         "cleave.evt.billing.payment_refunded.v1",
         "cleave.evt.orders.order_cancelled.v1",
         "cleave.evt.orders.order_confirmed.v1",

@@ -21,6 +21,17 @@ def test_the_shop_has_no_breaking_change_against_its_lock() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_check_reports_what_is_deprecated_and_every_major_is_locked() -> None:
+    code, changes = check_json(SHOP, deprecated=True)
+    assert code == 0
+    assert [(c["path"], c["change"], c["verdict"]) for c in changes] == [
+        ("billing.v1", "deprecated", "warning")
+    ]
+    assert "billing v2" in changes[0]["reason"]  # the author's reason: what to use instead
+    lock = json.loads((SHOP / "contracts.lock.json").read_text())
+    assert {"billing.v1", "billing.v2"} <= set(lock["contracts"])  # both majors are served
+
+
 @pytest.fixture
 def shop(tmp_path: Path) -> Path:
     """A copy of the shop, as a user's own app folder."""
@@ -36,10 +47,14 @@ def edit(app: Path, module: str, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1))
 
 
-def check_json(app: Path, *args: str) -> tuple[int, list[dict[str, Any]]]:
+def check_json(app: Path, *args: str, deprecated: bool = False) -> tuple[int, list[dict[str, Any]]]:
+    """The exit code and the changes; the shop's standing deprecation warning only if asked."""
     result = cli("contracts", "check", app, "--json", *args, check=False)
     assert result.returncode in (0, 1), result.stderr
-    return result.returncode, json.loads(result.stdout)
+    changes = json.loads(result.stdout)
+    if not deprecated:
+        changes = [c for c in changes if c["change"] != "deprecated"]
+    return result.returncode, changes
 
 
 def test_a_user_breaks_the_shop_and_check_names_each_change(shop: Path) -> None:

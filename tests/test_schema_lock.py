@@ -28,6 +28,7 @@ def test_the_shop_snapshot_has_every_contract_method_and_event(
 ) -> None:
     assert sorted(shop_lock["contracts"]) == [
         "billing.v1",
+        "billing.v2",
         "catalog.v1",
         "inventory.v1",
         "notifications.v1",
@@ -40,6 +41,7 @@ def test_the_shop_snapshot_has_every_contract_method_and_event(
         "response": "OrderView",
         "idempotent": True,
         "readonly": False,
+        "deprecated": None,
     }
     confirmed = orders["events"]["order_confirmed.v1"]
     assert confirmed["subject"] == "cleave.evt.orders.order_confirmed.v1"

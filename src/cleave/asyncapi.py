@@ -31,11 +31,15 @@ def _channel_id(spec: ContractSpec, event: type[Event]) -> str:
 
 def document(app: App, version: str = "1.0.0") -> dict[str, Any]:
     """The AsyncAPI 3.0 document of the events ``app``'s services publish and consume."""
-    published = [
-        (spec.contract, ev)
-        for spec in sorted(app.services.values(), key=lambda s: s.name)
-        for ev in spec.contract.events
-    ]
+    # Every major a service serves: an old event version is published while it is read.
+    published = list(
+        dict.fromkeys(
+            (contract, ev)
+            for spec in sorted(app.services.values(), key=lambda s: s.name)
+            for contract in spec.contracts
+            for ev in contract.events
+        )
+    )
     payloads, schemas = msgspec.json.schema_components(
         [ev for _, ev in published], ref_template=_REF
     )

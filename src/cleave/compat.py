@@ -127,6 +127,9 @@ RULES: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {
     ),
     # Changes to the contract itself: one verdict, stated twice.
     "contract added": _same("safe", "a new contract or major beside the old ones"),
+    "deprecated": _same(
+        "warning", "still served, and each use is counted; move its callers, then retire it"
+    ),
     "contract removed": _same(
         "breaking", "its callers and consumers fail; serve this major until none is left"
     ),
@@ -183,7 +186,29 @@ def compare(old: Lock, new: Lock) -> list[Change]:
             add(key, "contract added" if was is None else "contract removed", "", None)
             continue
         _compare_contract(key, was, now, MessageDiff(old["messages"], new["messages"]), add)
+    for key, now in sorted(new["contracts"].items()):
+        _report_deprecated(key, now, changes)
     return changes
+
+
+def _report_deprecated(key: str, contract: Any, changes: list[Change]) -> None:
+    """A warning for every deprecated major, method and event still in the code."""
+    marked = [(key, contract.get("deprecated"))]
+    marked += [(f"{key}.{m}", v.get("deprecated")) for m, v in contract["methods"].items()]
+    marked += [(f"{key}.events.{e}", v.get("deprecated")) for e, v in contract["events"].items()]
+    verdict, why = RULES["deprecated"][0]
+    for path, reason in marked:
+        if reason and not (path != key and contract.get("deprecated")):
+            changes.append(
+                Change(
+                    contract["name"],
+                    contract["version"],
+                    path,
+                    "deprecated",
+                    verdict,
+                    f"{why} ({reason})",
+                )
+            )
 
 
 def _classify(kind: str, role: Role | None, note: str) -> tuple[str, str]:

@@ -238,6 +238,7 @@ def _contract(
             "response": described.ref(m.response),
             "idempotent": m.idempotent,
             "readonly": m.readonly,
+            "deprecated": m.deprecated,
         }
         for name, m in spec.methods.items()
     }
@@ -248,6 +249,7 @@ def _contract(
             "subject": spec.event_subject(ev),
             "message": described.ref(ev),
             "consumers": sorted(consumers.get(ev, [])),
+            "deprecated": spec.deprecated_events.get(ev),
         }
         for ev in spec.events
     }
@@ -255,6 +257,7 @@ def _contract(
     return {
         "name": spec.name,
         "version": spec.version,
+        "deprecated": spec.deprecated,
         "methods": methods,
         "events": events,
         "errors": errors,
@@ -262,12 +265,13 @@ def _contract(
 
 
 def snapshot(app: App) -> Lock:
-    """The snapshot of every contract ``app`` serves."""
+    """The snapshot of every contract ``app`` serves, every major of each."""
     consumers: dict[type[Event], list[str]] = {}
     for service in app.services.values():
         for sub in service.subscriptions:
             consumers.setdefault(sub.event, []).append(service.name)
-    return snapshot_of(app.name, [s.contract for s in app.services.values()], consumers)
+    served = [c for s in app.services.values() for c in s.contracts]
+    return snapshot_of(app.name, served, consumers)
 
 
 def snapshot_of(
