@@ -138,3 +138,10 @@ def test_cleave_up_over_tls(tmp_path: Path) -> None:
         assert "tls" in names
     finally:
         up.stop()
+
+
+def test_a_credentials_file_is_checked(tmp_path: Path) -> None:
+    from cleave.runtime.nats_auth import credentials_file
+
+    with pytest.raises(ConfigError, match=r"\[nats\] credentials = .*no such file"):
+        credentials_file(str(tmp_path / "app.creds"))

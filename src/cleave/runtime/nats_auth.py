@@ -25,6 +25,7 @@ Every subject respects ``[nats] prefix`` (:mod:`cleave.transport.prefix`).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -48,6 +49,7 @@ __all__ = [
     "Identity",
     "Permissions",
     "auth_dir",
+    "credentials_file",
     "gateway_permissions",
     "group_permissions",
     "identity_path",
@@ -207,6 +209,21 @@ def read_identity(path: Path) -> Identity:
             f"cannot read the NATS credentials in {path} ({exc}); they are made by `cleave "
             "up` for its workers: start the app with `cleave up`"
         ) from None
+
+
+def credentials_file(path: str) -> str:
+    """``[nats] credentials``, checked: the file exists and nats-py can read it (``nkeys``)."""
+    if not Path(path).is_file():
+        raise ConfigError(
+            f"[nats] credentials = {path!r}: no such file; give the .creds file of this app's "
+            "NATS user (from `nsc` or your NATS operator), or set CLEAVE_NATS_CREDENTIALS"
+        )
+    if importlib.util.find_spec("nkeys") is None:  # nats-py signs the server's nonce with it
+        raise ConfigError(
+            "[nats] credentials needs the nkeys package to sign in with a .creds file: "
+            "pip install nkeys"
+        )
+    return path
 
 
 def server_authorization(identities: dict[str, tuple[Identity, Permissions | None]]) -> str:

@@ -152,7 +152,7 @@ async def _serve(
 
 def _nats_options(loaded: LoadedApp, args: argparse.Namespace) -> dict[str, Any]:
     """Who this worker is on NATS, and how it reaches the server."""
-    from cleave.runtime.nats_auth import read_identity
+    from cleave.runtime.nats_auth import credentials_file, read_identity
     from cleave.runtime.nats_tls import client_context
 
     options: dict[str, Any] = {"tls": client_context(loaded)}
@@ -162,7 +162,7 @@ def _nats_options(loaded: LoadedApp, args: argparse.Namespace) -> dict[str, Any]
             user=identity.user, password=identity.password, inbox_prefix=identity.inbox_prefix
         )
     elif loaded.plan.nats.credentials:
-        options["credentials"] = loaded.plan.nats.credentials
+        options["credentials"] = credentials_file(loaded.plan.nats.credentials)
     return options
 
 
