@@ -9,7 +9,9 @@ Peers, each in the configuration its documentation recommends for speed:
 - ``nats``: raw nats-py request/reply (the floor for Cleave's transport);
 - ``cleave``: Cleave's processes placement (a service calling another's
   method over NATS: typed client, context, policy, metrics; tracing on, as
-  shipped) and ``cleave-notrace`` (tracing off);
+  shipped) and ``cleave-notrace`` (tracing off); ``cleave-tls``: the same
+  over TLS (``[nats] tls = true``: a nats-server with a certificate from its
+  own CA, P-256, every client verifying it), to show what TLS costs a call;
 - ``fastapi``: FastAPI on uvicorn (asyncio loop, httptools) with an httpx
   client, shared (what most services do) and one per task (its best);
 - ``grpc``: grpcio ``grpc.aio`` unary calls with a generic bytes handler;
@@ -21,11 +23,12 @@ Usage: python -m bench.remote server SYSTEM TARGET | client SYSTEM TARGET MODE S
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Protocol
 
 import cleave
@@ -78,7 +81,7 @@ async def serve_cleave(url: str) -> None:
     from cleave.transport.nats import NatsRpcClient, NatsRpcServer, connect
 
     _tracing()
-    nc = await connect(url, "bench-server")
+    nc = await connect(url, "bench-server", tls=_tls())
     host = Host(
         APP,
         Plan(),
@@ -172,7 +175,7 @@ async def client_cleave(url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
     from cleave.transport.nats import NatsRpcClient, connect
 
     _tracing()
-    nc = await connect(url, "bench-client")
+    nc = await connect(url, "bench-client", tls=_tls())
     host = Host(
         APP,
         Plan(),
@@ -265,6 +268,7 @@ SERVERS: dict[str, Callable[[str], Awaitable[None]]] = {
     "nats": serve_nats,
     "cleave": serve_cleave,
     "cleave-notrace": serve_cleave,
+    "cleave-tls": serve_cleave,
     "fastapi": serve_fastapi,
     "fastapi-own-client": serve_fastapi,
     "grpc": serve_grpc,
@@ -275,6 +279,7 @@ CLIENTS: dict[str, Callable[[str], Awaitable[tuple[Call, Any]]]] = {
     "nats": client_nats,
     "cleave": client_cleave,
     "cleave-notrace": client_cleave,
+    "cleave-tls": client_cleave,
     "fastapi": client_fastapi(shared=True),
     "fastapi-own-client": client_fastapi(shared=False),
     "grpc": client_grpc,
@@ -286,6 +291,29 @@ def _tracing() -> None:
     from cleave.observability.tracing import tracer
 
     tracer.configure(enabled=os.environ.get("CLEAVE_TRACING", "1") == "1")
+
+
+def _tls() -> Any:
+    """The client TLS context for ``cleave-tls`` (CLEAVE_BENCH_CA names the CA), else None."""
+    import ssl
+
+    ca = os.environ.get("CLEAVE_BENCH_CA")
+    return ssl.create_default_context(cafile=ca) if ca else None
+
+
+@contextlib.contextmanager
+def tls_nats_server(tmp: Any) -> Iterator[tuple[str, str]]:
+    """A nats-server like ``nats_server``'s, over TLS; yields its URL and CA file."""
+    from cleave.runtime.nats_tls import make_certificates, server_block
+    from cleave.runtime.natsd import EmbeddedNats
+
+    folder = make_certificates(tmp / "nats-tls")
+    server = EmbeddedNats(tmp / "nats-tls-store", name="bench_tls", tls=server_block(folder))
+    server.launch()
+    try:
+        yield server.url, str(folder / "ca.pem")
+    finally:
+        server.shutdown()
 
 
 def _tmp() -> Any:
@@ -331,14 +359,18 @@ def run(tmp: Any, *, runs: int = 3, seconds: float = 2.0) -> dict[str, Any]:
     from bench.common import Worker, free_port, median_of, nats_server
 
     results: dict[str, Any] = {}
-    with nats_server(tmp) as url:
+    with nats_server(tmp) as url, tls_nats_server(tmp) as (tls_url, ca):
         for system in CLIENTS:
             target = (
                 url
                 if system in ("nats", "cleave", "cleave-notrace", "faststream")
+                else tls_url
+                if system == "cleave-tls"
                 else str(free_port())
             )
             env = {"CLEAVE_TRACING": "0" if system == "cleave-notrace" else "1"}
+            if system == "cleave-tls":
+                env["CLEAVE_BENCH_CA"] = ca
             server = Worker("bench.remote", "server", system, target, env=env)
             try:
                 server.wait_ready()

@@ -20,6 +20,7 @@ REMOTE_NAMES = {
     "nats": "raw nats-py request/reply",
     "cleave": "Cleave processes (tracing on)",
     "cleave-notrace": "Cleave processes (tracing off)",
+    "cleave-tls": "Cleave processes over TLS (tracing on)",
     "faststream": "FastStream NATS RPC",
     "grpc": "grpcio grpc.aio unary",
     "fastapi": "FastAPI + uvicorn, shared httpx client",

@@ -98,3 +98,13 @@ def test_up_in_the_foreground_stops_on_sigint(tmp_path: Path) -> None:
     assert proc.returncode == 0, rest
     assert "stopped" in rest
     assert processes_of(tmp_path) == []
+
+
+def test_db_current_never_shows_a_database_password(tmp_path: Path) -> None:
+    # The password comes from the environment (${VAR}) and is masked where it is shown.
+    url = "postgresql+asyncpg://shop:s3cret-pw@127.0.0.1:1/shop_{service}"
+    env = {"CLEAVE_DATABASE_URL": url, "COLUMNS": "250"}  # a wide table: no wrapped URL
+    result = cli("db", "current", SHOP, "--state-dir", tmp_path, env=env, check=False)
+    out = result.stdout + result.stderr
+    assert "s3cret-pw" not in out
+    assert "shop:***@127.0.0.1" in out

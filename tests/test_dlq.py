@@ -199,7 +199,9 @@ def test_cleave_up_keeps_dead_letters_and_its_dashboard_handles_them(tmp_path: P
     try:
         state = json.loads((tmp_path / "run" / "supervisor.json").read_text())
         dashboard = state["dashboard_url"]
-        asyncio.run(_publish_poison(state["nats_url"]))  # audit dead-letters it at once
+        asyncio.run(_publish_poison(state["nats_url"], tmp_path))  # audit dead-letters it
+        # The dashboard's actions want the run's token (the page carries it; so does the CLI).
+        token = {"x-cleave-token": (tmp_path / "run" / "control-token").read_text()}
 
         def letters() -> list[dict[str, Any]]:
             found: list[dict[str, Any]] = httpx.get(f"{dashboard}/api/dead-letters").json()
@@ -212,7 +214,10 @@ def test_cleave_up_keeps_dead_letters_and_its_dashboard_handles_them(tmp_path: P
         assert [d["id"] for d in json.loads(listed)] == [letter["id"]]
 
         replay = httpx.post(
-            f"{dashboard}/api/dead-letters/replay", json={"ids": [letter["id"]]}, timeout=30
+            f"{dashboard}/api/dead-letters/replay",
+            json={"ids": [letter["id"]]},
+            headers=token,
+            timeout=30,
         )
         [outcome] = replay.json()
         assert outcome["outcome"] in ("failed", "requested")  # failed, unless the box is slow
@@ -221,19 +226,24 @@ def test_cleave_up_keeps_dead_letters_and_its_dashboard_handles_them(tmp_path: P
         )
         assert again["attempts"] == 2  # the delivery, then the replay: still undecodable
 
-        bad = httpx.post(f"{dashboard}/api/dead-letters/purge", json={})
+        bad = httpx.post(f"{dashboard}/api/dead-letters/purge", json={}, headers=token)
         assert bad.status_code == 400
-        purged = httpx.post(f"{dashboard}/api/dead-letters/purge", json={"ids": [letter["id"]]})
+        purged = httpx.post(
+            f"{dashboard}/api/dead-letters/purge", json={"ids": [letter["id"]]}, headers=token
+        )
         assert [d["id"] for d in purged.json()] == [letter["id"]]
         assert letters() == []
     finally:
         up.stop()
 
 
-async def _publish_poison(nats_url: str) -> None:
+async def _publish_poison(nats_url: str, state_dir: Path) -> None:
+    from cleave.runtime.nats_auth import read_identity
     from cleave.transport.nats import connect
 
-    nc = await connect(nats_url, "test-poison")
+    # A producer the app does not have: only the operator's admin identity may publish it.
+    admin = read_identity(state_dir / "nats-auth" / "admin.json")
+    nc = await connect(nats_url, "test-poison", user=admin.user, password=admin.password)
     try:
         await nc.jetstream().publish(
             "cleave.evt.greeter.greeted.v1",

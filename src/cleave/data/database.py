@@ -557,8 +557,12 @@ class Database:
             raise LifecycleError("Database.start() on an unbound declaration; call bind() first")
         try:
             url = make_url(self.url)
-        except sa.exc.ArgumentError as exc:
-            raise ConfigError(f"database URL of {self.service} is not valid: {self.url!r}") from exc
+        except sa.exc.ArgumentError:
+            from cleave.config import mask_url  # the plan's module, which imports this package
+
+            raise ConfigError(
+                f"database URL of {self.service} is not valid: {mask_url(self.url)!r}"
+            ) from None
         if url.get_backend_name() == "sqlite":
             if not url.database or url.database == ":memory:":
                 raise ConfigError(

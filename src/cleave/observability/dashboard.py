@@ -10,6 +10,11 @@ Dead letters are listed with replay and purge buttons, which do what
 ``POST /api/dead-letters/replay`` and ``/purge`` with ``{"ids": [...]}`` or
 ``{"all": true}``, and ``"service"`` to keep to one service.
 
+Those actions change the app: the server wraps this app in the runtime's
+guard (:mod:`cleave.runtime.guard`), which wants the run's token. The page
+carries it (``token``, in a ``<meta>`` tag): a page of another site cannot
+read this one (no CORS), and the guard refuses a Host that is not loopback.
+
 The page polls small JSON endpoints (``/api/overview``, ``/api/traces``) and
 draws with plotly.js, served from the ``plotly`` package: no build step, no
 network. A :class:`Source` gives the numbers: the monolith's own host, or the
@@ -21,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import html
 import itertools
 import time
 from importlib import resources
@@ -75,8 +81,10 @@ class _LetterAction(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class Dashboard:
     """Samples a :class:`Source` and serves the page and its API."""
 
-    def __init__(self, app: App, source: Source, placement: str) -> None:
+    def __init__(self, app: App, source: Source, placement: str, *, token: str = "") -> None:
         self.app = app
+        #: The run's control token, embedded in the page for its buttons.
+        self.token = token
         self.source = source
         self.placement = placement
         self.history: collections.deque[tuple[float, dict[str, Any]]] = collections.deque(
@@ -302,7 +310,14 @@ class Dashboard:
         page = resources.files("cleave.observability").joinpath("dashboard.html").read_text()
 
         async def index(request: Request) -> HTMLResponse:
-            return HTMLResponse(page)
+            meta = f'<meta name="cleave-token" content="{html.escape(self.token)}">'
+            # Never cached, never framed: the token is for this page only.
+            headers = {
+                "cache-control": "no-store",
+                "x-frame-options": "DENY",
+                "content-security-policy": "frame-ancestors 'none'",
+            }
+            return HTMLResponse(page.replace("</head>", meta + "\n</head>", 1), headers=headers)
 
         async def plotly_js(request: Request) -> Response:
             path = resources.files("plotly").joinpath("package_data/plotly.min.js")

@@ -9,6 +9,8 @@
 - ``GET /spans?q=&limit=`` and ``/spans?trace_id=``: recorded spans.
 - ``POST /faults``: ``{"service", "latency", "drop", "fail"}`` injects faults
   into calls of one of its services (``cleave chaos``); all zero clears them.
+  The worker serves this app behind :class:`~cleave.runtime.guard.Guard`:
+  ``/faults`` needs the run's token, loopback ``Host``, no foreign ``Origin``.
 
 The supervisor learns the port from the worker's ``ready`` note and uses
 these for ``cleave status``, ``cleave chaos``, its health checks and the

@@ -26,6 +26,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from cleave.config import mask_url
 from cleave.errors import LifecycleError
 
 if TYPE_CHECKING:
@@ -94,6 +95,7 @@ class Child:
                 "majors": self.majors.get(service, []),
                 "generation": self.generation,
                 "last_exit": self.last_exit,
+                "admin_port": self.admin_port,
             }
             for service in self.services
         ]
@@ -121,6 +123,9 @@ class Children:
         self.logs_dir = loaded.state_dir / "logs"
         #: Set by the supervisor before the first spawn, once NATS runs.
         self.nats_url = ""
+        #: Each worker's NATS credentials file, by group ("gateway" for the gateway); empty:
+        #: the server asks for none (an external one: [nats] credentials, if any).
+        self.identities: dict[str, Path] = {}
         #: The gateway's listening socket, bound by the supervisor; each gateway process gets it.
         self.listen_sock: socket.socket | None = None
         self._stop = stop
@@ -207,10 +212,14 @@ class Children:
             "--replica",
             str(child.replica),
             "--nats",
-            self.nats_url,
+            # Visible to `ps`: never a password (an external URL comes from the plan).
+            mask_url(self.nats_url),
             "--notify-fd",
             str(write_fd),
         ]
+        identity = self.identities.get("gateway" if child.role == "gateway" else child.group)
+        if identity is not None:
+            argv += ["--nats-identity", str(identity)]
         pass_fds = [write_fd]
         if child.role == "gateway" and self.listen_sock is not None:
             argv += ["--listen-fd", str(self.listen_sock.fileno())]

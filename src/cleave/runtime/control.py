@@ -2,8 +2,11 @@
 
 The supervisor writes ``.cleave/run/supervisor.json`` (its pid, the control
 port, the gateway URL) and serves the API on that port; ``cleave ps`` and
-``cleave down`` read the file and call the API. If the supervisor is gone or
-does not answer, ``stop`` still makes sure no process of the app is left.
+``cleave down`` read the file and call the API, with the run's token from
+``.cleave/run/control-token`` (the API is behind :mod:`cleave.runtime.guard`:
+changes need the token, a loopback ``Host`` and no foreign ``Origin``). If the
+supervisor is gone or does not answer, ``stop`` still makes sure no process
+of the app is left.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from cleave.config import mask_url
 from cleave.errors import CleaveError, LifecycleError
+from cleave.runtime.guard import read_token
 from cleave.runtime.procs import alive, terminate
 
 if TYPE_CHECKING:
@@ -40,7 +45,7 @@ def control_app(sup: Supervisor, extra: list[Route] | None = None) -> Starlette:
                 "app": sup.loaded.app.name,
                 "status": sup._status,
                 "gateway_url": sup.gateway_url,
-                "nats_url": sup.nats_url,
+                "nats_url": mask_url(sup.nats_url),
                 "processes": sup.processes(),
             }
         )
@@ -138,9 +143,11 @@ def request(
         )
     url = f"http://127.0.0.1:{state['control_port']}{path}"
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(
-        url, data=data, method=method, headers={"content-type": "application/json"}
-    )
+    headers = {"content-type": "application/json"}
+    token = read_token(loaded.run_dir)
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read() or b"null")

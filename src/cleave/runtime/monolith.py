@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from cleave.gateway.asgi import build_asgi
 from cleave.observability.tracing import tracer
+from cleave.runtime.guard import Guard
 from cleave.runtime.host import Host
 from cleave.runtime.http import HttpServer, bind_admin
 from cleave.runtime.procs import freeze_heap
@@ -98,11 +100,14 @@ async def run(
             await servers[-1].start()
             url = servers[-1].url
         source = LocalSource(mono.host, mono.broker, version=code_version(loaded))
-        dashboard = Dashboard(loaded.app, source, "monolith (one process)")
+        # In memory only: nothing but the dashboard's own page changes this run over HTTP.
+        token = secrets.token_urlsafe(32)
+        dashboard = Dashboard(loaded.app, source, "monolith (one process)", token=token)
         sock = bind_admin(
             obs.admin_port if admin_port is None else admin_port, explicit=admin_port is not None
         )
-        servers.append(HttpServer(dashboard.asgi(), "127.0.0.1", 0, sock=sock))
+        guarded = Guard(dashboard.asgi(), token, [loaded.plan.gateway.host])
+        servers.append(HttpServer(guarded, "127.0.0.1", 0, sock=sock))
         await servers[-1].start()
         dashboard.start()
         freeze_heap()

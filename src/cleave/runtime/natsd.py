@@ -7,7 +7,10 @@ at start: JetStream's ``sync_interval`` needs 2.10 or later.
 
 It listens on loopback only, on the configured port or a free one, with
 JetStream storing under the app's ``.cleave/nats`` and syncing every write
-to disk before acknowledging it.
+to disk before acknowledging it. ``cleave up`` gives it an ``authorization``
+block (one user per service group, :mod:`cleave.runtime.nats_auth`) and, with
+``[nats] tls = true``, a ``tls`` block (:mod:`cleave.runtime.nats_tls`); its
+configuration file is readable by its owner only.
 """
 
 from __future__ import annotations
@@ -86,8 +89,14 @@ class EmbeddedNats:
         binary: str = "",
         name: str = "cleave",
         sync_always: bool = True,
+        authorization: str = "",
+        tls: str = "",
     ) -> None:
         self.store_dir = store_dir
+        #: The ``authorization`` block (see :mod:`cleave.runtime.nats_auth`); "": none.
+        self.authorization = authorization
+        #: The ``tls`` block (see :mod:`cleave.runtime.nats_tls`); "": plain TCP.
+        self.tls = tls
         #: fsync every JetStream write (Cleave's setting); False: the server's default
         #: (a sync every two minutes), which only the benchmarks' raw peer uses.
         self.sync_always = sync_always
@@ -101,7 +110,7 @@ class EmbeddedNats:
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -117,6 +126,8 @@ class EmbeddedNats:
             f'  store_dir: "{store}"\n'
             + ('  sync_interval: "always"\n' if self.sync_always else "")
             + "}\n"
+            + self.authorization
+            + self.tls
         )
 
     def _check_binary(self) -> str:
@@ -133,7 +144,10 @@ class EmbeddedNats:
         if self._fixed_port == 0:
             self.port = free_port()
         conf = self.store_dir / "nats-server.conf"
-        conf.write_text(self._config())
+        # It may hold passwords: readable by its owner only, from the first byte.
+        conf.unlink(missing_ok=True)
+        with os.fdopen(os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(self._config())
         prepare()
         with open(self.store_dir / "nats-server.log", "ab") as log:
             self.proc = subprocess.Popen(
@@ -180,6 +194,7 @@ class EmbeddedNats:
             raise LifecycleError("nats-server already started")
         binary = self._check_binary()
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.store_dir.chmod(0o700)
         for _ in range(1 if self._fixed_port else 5):
             self._spawn(binary)
             deadline = time.monotonic() + timeout

@@ -15,6 +15,7 @@ import fcntl
 import os
 from typing import IO, TYPE_CHECKING
 
+from cleave.config import mask_url
 from cleave.errors import ConfigError
 from cleave.runtime import control
 
@@ -70,7 +71,7 @@ def write(sup: Supervisor, status: str) -> None:
             "control_port": sup.control.port,
             "gateway_url": sup.gateway_url,
             "dashboard_url": sup.dashboard_url,
-            "nats_url": sup.nats_url,
+            "nats_url": mask_url(sup.nats_url),  # an external URL may hold a password
             "started_at": sup.started_at,
             "children": children,
         },

@@ -37,8 +37,11 @@ from cleave.errors import CleaveError, ConfigError, LifecycleError
 from cleave.observability.dashboard import Dashboard
 from cleave.runtime import control, runstate
 from cleave.runtime.children import Child, Children
+from cleave.runtime.guard import TOKEN_HEADER, Guard, make_token, token_path
 from cleave.runtime.health import HealthMonitor
 from cleave.runtime.http import HttpServer, bind, bind_admin
+from cleave.runtime.nats_auth import GATEWAY, identity_path, make_identities, server_authorization
+from cleave.runtime.nats_tls import make_certificates, server_block, tls_dir
 from cleave.runtime.natsd import EmbeddedNats
 from cleave.runtime.operations import Operations
 from cleave.runtime.sources import FleetSource
@@ -77,6 +80,7 @@ class Supervisor:
         self._admin_http: httpx.AsyncClient | None = None
         h = loaded.plan.health
         self.admin_port = admin_port
+        self.token = ""
         self.workers = Children(loaded, stop=self._stop, say=self._say, changed=self._write_state)
         self.operations = Operations(self)
         self.fleet = FleetSource(self)
@@ -98,7 +102,8 @@ class Supervisor:
         a new one per dashboard sample was half the supervisor's CPU under load.
         """
         if self._admin_http is None:
-            self._admin_http = httpx.AsyncClient(timeout=5)
+            # The workers' /faults wants the run's token; reads ignore it.
+            self._admin_http = httpx.AsyncClient(timeout=5, headers={TOKEN_HEADER: self.token})
         return self._admin_http
 
     # -- the whole run -------------------------------------------------------------------
@@ -146,7 +151,11 @@ class Supervisor:
             obs.admin_port if self.admin_port is None else self.admin_port,
             explicit=self.admin_port is not None,
         )
-        self.control = HttpServer(self._control_app(), "127.0.0.1", 0, sock=sock)
+        #: This run's control token (see cleave.runtime.guard): the CLI and the page send it.
+        self.token = make_token(self.loaded.run_dir)
+        self.dashboard.token = self.token
+        guarded = Guard(self._control_app(), self.token, [gw.host])
+        self.control = HttpServer(guarded, "127.0.0.1", 0, sock=sock)
         await self.control.start()
         self._write_state("starting")
         if not self.nats_url:
@@ -156,11 +165,15 @@ class Supervisor:
                 port=plan.port,
                 binary=plan.binary,
                 name=f"cleave_{self.loaded.app.name}",
+                authorization=self._nats_identities() if plan.auth else "",
+                tls=server_block(make_certificates(tls_dir(self.loaded))) if plan.tls else "",
             )
             await self.nats.start()
             self.nats_url = self.nats.url
+            auth = "one identity per service group" if plan.auth else "no authentication"
             self._say(
-                f"nats-server on {self.nats_url} (JetStream in {self.loaded.state_dir / 'nats'})"
+                f"nats-server on {self.nats_url} (JetStream in {self.loaded.state_dir / 'nats'}; "
+                f"{auth})"
             )
         self.workers.nats_url = self.nats_url
         for group, services in self.loaded.groups().items():
@@ -177,6 +190,14 @@ class Supervisor:
             await self.workers.spawn(gateway)
             await self.workers.await_ready([gateway])
             self.gateway_url = f"http://{gw.host}:{self._gateway_sock.getsockname()[1]}"
+
+    def _nats_identities(self) -> str:
+        """New NATS credentials for every worker; the server's ``authorization`` block."""
+        identities = make_identities(self.loaded)
+        self.workers.identities = {
+            name: identity_path(self.loaded, name) for name in [*self.loaded.groups(), GATEWAY]
+        }
+        return server_authorization(identities)
 
     @property
     def dashboard_url(self) -> str:
@@ -199,6 +220,7 @@ class Supervisor:
         if self._gateway_sock is not None:
             self._gateway_sock.close()
         control.state_path(self.loaded).unlink(missing_ok=True)
+        token_path(self.loaded.run_dir).unlink(missing_ok=True)
         self._say(f"{self.loaded.app.name}: stopped")
 
     # -- what the control API asks -------------------------------------------------------

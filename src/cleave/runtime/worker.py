@@ -3,7 +3,13 @@
 Started by the supervisor (``cleave up``) as::
 
     python -m cleave.runtime.worker --app DIR --role service --group G --replica N \
-        --nats URL --notify-fd FD [--state-dir DIR] [--listen-fd FD]
+        --nats URL --notify-fd FD [--state-dir DIR] [--listen-fd FD] \
+        [--nats-identity FILE]
+
+With ``--nats-identity`` it connects as its group's NATS user (the file the
+supervisor wrote, :mod:`cleave.runtime.nats_auth`), with replies under that
+identity's own inbox prefix; over TLS when the plan says so
+(:mod:`cleave.runtime.nats_tls`). No secret is ever on its command line.
 
 It tells the supervisor how it is doing by writing JSON lines to the notify
 pipe (``{"state": "ready", ...}``, then ``{"state": "draining"}``), and stops
@@ -30,6 +36,7 @@ import structlog
 from cleave.app import LoadedApp, load
 from cleave.observability.tracing import tracer
 from cleave.runtime.admin import Health, admin_app
+from cleave.runtime.guard import Guard, read_token
 from cleave.runtime.http import HttpServer
 from cleave.runtime.procs import die_with_parent, freeze_heap, run_main
 
@@ -80,7 +87,9 @@ async def _serve(
     instance = f"{label}-{os.getpid()}"
     prefix = plan.nats.prefix
     version = code_version(loaded)
-    nc = await connect(args.nats, f"{app.name}.{label}")
+    # An external server's URL (which may hold a password) from the plan, not from argv.
+    url = plan.nats.url or args.nats
+    nc = await connect(url, f"{app.name}.{label}", **_nats_options(loaded, args))
     try:
         server = (
             None
@@ -100,7 +109,9 @@ async def _serve(
             server=server,
         )
         health = Health()
-        admin = HttpServer(admin_app(health, host), "127.0.0.1", 0)
+        # /faults changes the worker: it wants the run's token (cleave.runtime.guard).
+        guarded = Guard(admin_app(health, host), read_token(loaded.run_dir))
+        admin = HttpServer(guarded, "127.0.0.1", 0)
         await admin.start()
         await host.start()
         http: HttpServer | None = None
@@ -140,6 +151,22 @@ async def _serve(
         await nc.close()
 
 
+def _nats_options(loaded: LoadedApp, args: argparse.Namespace) -> dict[str, Any]:
+    """Who this worker is on NATS, and how it reaches the server."""
+    from cleave.runtime.nats_auth import credentials_file, read_identity
+    from cleave.runtime.nats_tls import client_context
+
+    options: dict[str, Any] = {"tls": client_context(loaded)}
+    if args.nats_identity:
+        identity = read_identity(Path(args.nats_identity))
+        options.update(
+            user=identity.user, password=identity.password, inbox_prefix=identity.inbox_prefix
+        )
+    elif loaded.plan.nats.credentials:
+        options["credentials"] = credentials_file(loaded.plan.nats.credentials)
+    return options
+
+
 async def _main(args: argparse.Namespace) -> None:
     loaded = load(args.app, state_dir=Path(args.state_dir) if args.state_dir else None)
     notify = _Notifier(args.notify_fd)
@@ -160,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nats", required=True)
     parser.add_argument("--notify-fd", type=int)
     parser.add_argument("--listen-fd", type=int)
+    parser.add_argument("--nats-identity")
     args = parser.parse_args(argv)
     die_with_parent()
     from cleave.runtime.logs import configure

@@ -35,9 +35,10 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from cleave.errors import Unavailable
+from cleave.errors import DefinitionError, Unavailable
 from cleave.transport.base import ConsumerPolicy, ConsumerState, Outgoing
 from cleave.transport.prefix import DEFAULT, canonical_subject, stream_for, subject_for
+from cleave.transport.refusals import refusals_of, release
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
@@ -205,6 +206,24 @@ class JetStreamBroker:
         self.max_age = max_age
         self._streams: set[str] = set()
         self._atomic: set[str] = set()
+        self._refusals = refusals_of(nc)
+
+    def _refused(self, what: str) -> DefinitionError | None:
+        """The error for a publish the NATS server refused (None: cancelled for another reason)."""
+        subject = self._refusals.take(asyncio.current_task())
+        if subject is None:
+            return None
+        if subject.startswith("$JS."):
+            return DefinitionError(
+                f"the NATS server refused {what} ({subject}): under `cleave up` a service group "
+                "reaches only its own streams and consumers and the streams of the events it "
+                "declares with @cleave.subscribe; declare the subscription in the service class"
+            )
+        return DefinitionError(
+            f"the NATS server refused {what} (publish to {subject}): a service publishes only "
+            "the events of its own contract; list the event in the events=[...] of the "
+            "contract of the service that publishes it, or publish it from that service"
+        )
 
     def _stream(self, name: str) -> str:
         return stream_for(self.prefix, name)
@@ -225,6 +244,8 @@ class JetStreamBroker:
             duplicate_window=120.0,
         )
         atomic = self._server_at_least(2, 12)
+        api = f"$JS.API.STREAM.%s.{self._stream(name)}"
+        watched = self._refusals.watch_all(api % verb for verb in ("CREATE", "UPDATE", "INFO"))
         try:
             if atomic:
                 await self._create_atomic(config)
@@ -234,8 +255,14 @@ class JetStreamBroker:
                 except nats.js.errors.BadRequestError:
                     # It exists with another configuration (an older version): update it.
                     await self.js.update_stream(config)
+        except asyncio.CancelledError:
+            if (refused := self._refused(f"creating stream {name}")) is None:
+                raise
+            raise refused from None
         except (nats.errors.Error, OSError) as exc:
             raise Unavailable(f"cannot create JetStream stream {name}: {exc}") from exc
+        finally:
+            release(watched)
         self._streams.add(name)
         if atomic:
             self._atomic.add(self._stream(name))
@@ -267,8 +294,20 @@ class JetStreamBroker:
         Several messages for one stream go as atomic batches where the server
         allows them: stored together, acknowledged (and synced to disk) once per
         batch instead of once per message. Each is still its own message with
-        its own ``Nats-Msg-Id``.
+        its own ``Nats-Msg-Id``. A publish the server refuses (a service
+        publishing another's events) raises :class:`DefinitionError` at once.
         """
+        watched = self._refusals.watch_all({self._subject(m.subject) for m in messages})
+        try:
+            await self._publish(messages)
+        except asyncio.CancelledError:
+            if (refused := self._refused("storing an event")) is None:
+                raise
+            raise refused from None
+        finally:
+            release(watched)
+
+    async def _publish(self, messages: Sequence[Outgoing]) -> None:
         start = 0
         while start < len(messages):
             stream = self._stream_of(messages[start].subject)
@@ -362,12 +401,22 @@ class JetStreamBroker:
             opt_start_seq=start if start > 0 else None,
             max_ack_pending=max(1000, policy.max_in_flight * 16),
         )
+        api = f"$JS.API.CONSUMER.%s.{self._stream(stream)}.{durable}"
+        create = api % "CREATE"
+        filtered = f"{create}.{config.filter_subject}"
+        watched = self._refusals.watch_all((api % "INFO", create, filtered, api % "DURABLE.CREATE"))
         try:
             psub = await self.js.pull_subscribe(
                 self._subject(subject), durable=durable, stream=self._stream(stream), config=config
             )
+        except asyncio.CancelledError:
+            if (refused := self._refused(f"creating consumer {durable} on {stream}")) is None:
+                raise
+            raise refused from None
         except (nats.errors.Error, OSError) as exc:
             raise Unavailable(f"cannot create consumer {durable} on {stream}: {exc}") from exc
+        finally:
+            release(watched)
         return _PullSubscription(psub, handler, policy, batch_handler)
 
     async def consumers(self, stream: str) -> list[ConsumerState]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -30,6 +31,7 @@ from cleave.context import CallContext
 from cleave.errors import (
     CallError,
     DeadlineExceeded,
+    DefinitionError,
     ErrorInfo,
     InvalidArgument,
     Unavailable,
@@ -38,6 +40,7 @@ from cleave.errors import (
 )
 from cleave.transport.discovery import Discovery
 from cleave.transport.prefix import DEFAULT, subject_for
+from cleave.transport.refusals import refusals_of
 from cleave.transport.wire import Reply, Request, reply_decoder, request_decoder
 
 if TYPE_CHECKING:
@@ -47,20 +50,44 @@ if TYPE_CHECKING:
     from cleave.messages import Message
     from cleave.runtime.dispatch import Dispatcher
 
-__all__ = ["NatsRpcClient", "NatsRpcServer", "connect", "subject_for"]
+__all__ = ["NatsRpcClient", "NatsRpcServer", "connect", "subject_for", "undeclared_call"]
 
 log = structlog.get_logger("cleave.nats")
 
 _encode = msgspec.msgpack.Encoder().encode
 
 
-async def connect(url: str, name: str) -> NatsClient:
-    """Connect to NATS, reconnecting for ever; errors are logged, not printed."""
+async def connect(
+    url: str,
+    name: str,
+    *,
+    user: str = "",
+    password: str = "",
+    inbox_prefix: str = "",
+    tls: ssl.SSLContext | None = None,
+    credentials: str = "",
+) -> NatsClient:
+    """Connect to NATS, reconnecting for ever; errors are logged, not printed.
+
+    ``user``/``password`` (or a ``credentials`` file, JWT and nkey seed) say
+    who connects; ``inbox_prefix`` is where its replies come (a server that
+    scopes inboxes per identity allows it only its own); ``tls`` verifies
+    the server (and may present a client certificate).
+    """
+    holder: list[NatsClient] = []
+    # nats-py retries a refused login for ever when reconnecting is on: stop at the first.
+    unauthorized = asyncio.Event()
 
     async def error_cb(exc: Exception) -> None:
-        log.warning("nats error", error=f"{type(exc).__name__}: {exc}", connection=name)
-
-    holder: list[NatsClient] = []
+        if "authorization violation" in str(exc).lower() and not holder[0].is_connected:
+            unauthorized.set()
+        refused = refusals_of(holder[0]).refuse(str(exc))
+        log.warning(
+            "nats error",
+            error=f"{type(exc).__name__}: {exc}",
+            connection=name,
+            **({"refused": refused} if refused else {}),
+        )
 
     async def disconnected_cb() -> None:
         if holder and (holder[0].is_closed or holder[0].is_draining):
@@ -70,22 +97,55 @@ async def connect(url: str, name: str) -> NatsClient:
     async def reconnected_cb() -> None:
         log.info("nats reconnected", connection=name)
 
-    try:
-        nc = await nats.connect(
+    # nats-py types it int; it takes seconds as a float.
+    options: dict[str, Any] = {"reconnect_time_wait": 0.25}
+    if user:
+        options.update(user=user, password=password)
+    if inbox_prefix:
+        options["inbox_prefix"] = inbox_prefix
+    if tls is not None:
+        options["tls"] = tls
+    if credentials:
+        options["user_credentials"] = credentials
+    nc = NatsClient()
+    holder.append(nc)
+    connecting = asyncio.ensure_future(
+        nc.connect(
             url,
             name=name,
             connect_timeout=2,
-            reconnect_time_wait=0.25,
             max_reconnect_attempts=-1,
             allow_reconnect=True,
             error_cb=error_cb,
             disconnected_cb=disconnected_cb,
             reconnected_cb=reconnected_cb,
             pending_size=64 * 1024 * 1024,
+            **options,
         )
-    except (OSError, nats.errors.Error) as exc:
+    )
+    refused = asyncio.ensure_future(unauthorized.wait())
+    try:
+        await asyncio.wait((connecting, refused), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        connecting.cancel()
+        raise
+    finally:
+        refused.cancel()
+    if not connecting.done() or unauthorized.is_set():
+        with contextlib.suppress(Exception):
+            await cancel_and_wait(connecting)
+        with contextlib.suppress(Exception):
+            await nc.close()
+        raise Unavailable(
+            f"NATS at {url} refused {name}'s credentials (authorization violation); under "
+            "`cleave up` each worker uses the credentials its supervisor made in "
+            ".cleave/nats-auth: restart the app; for an external server check [nats] "
+            "credentials (CLEAVE_NATS_CREDENTIALS)"
+        )
+    try:
+        connecting.result()
+    except (OSError, nats.errors.Error, ssl.SSLError) as exc:
         raise Unavailable(f"cannot connect to NATS at {url}: {exc}") from exc
-    holder.append(nc)
     return nc
 
 
@@ -95,14 +155,19 @@ class NatsRpcClient:
     def __init__(self, nc: NatsClient, *, prefix: str = DEFAULT) -> None:
         self.nc = nc
         self.prefix = prefix
+        self._refusals = refusals_of(nc)
 
     async def call(self, method: MethodSpec, request: Message, ctx: CallContext) -> Message:
         data = _encode(Request(ctx.deadline, ctx.request_id, ctx.caller, ctx.traceparent, request))
         timeout = ctx.deadline - time.time()
+        subject = subject_for(self.prefix, method.subject)
+        waiting = self._refusals.watch(subject)
         try:
-            msg = await self.nc.request(
-                subject_for(self.prefix, method.subject), data, timeout=timeout
-            )
+            msg = await self.nc.request(subject, data, timeout=timeout)
+        except asyncio.CancelledError:
+            if self._refusals.take(asyncio.current_task()) is None:
+                raise
+            raise undeclared_call(method, subject, ctx.caller) from None
         except nats.errors.NoRespondersError:
             raise Unavailable(
                 f"no replica of {method.contract.name} is running that serves "
@@ -124,6 +189,8 @@ class NatsRpcClient:
                 service=method.contract.name,
                 method=method.name,
             ) from exc
+        finally:
+            waiting.discard(asyncio.current_task())
         try:
             reply = reply_decoder(method.response).decode(msg.data)
         except msgspec.DecodeError as exc:
@@ -139,6 +206,18 @@ class NatsRpcClient:
 
     async def close(self) -> None:
         pass  # the connection belongs to whoever made it
+
+
+def undeclared_call(method: MethodSpec, subject: str, caller: str) -> DefinitionError:
+    """The error for a call the NATS server refused: the caller never declared it."""
+    contract = method.contract
+    return DefinitionError(
+        f"the NATS server refused the call to {method.qualname} (publish to {subject}) from "
+        f"{caller or 'this process'}: its service group declares no use of {contract.name}. "
+        f"Declare it in the class of the service that calls it, e.g. `{contract.name} = "
+        f"cleave.use({contract.cls.__name__})`: under `cleave up` a service may call only "
+        "the contracts it declares"
+    )
 
 
 class _Endpoint:
