@@ -97,7 +97,11 @@ class NatsRpcClient:
         self.prefix = prefix
 
     async def call(self, method: MethodSpec, request: Message, ctx: CallContext) -> Message:
-        data = _encode(Request(ctx.deadline, ctx.request_id, ctx.caller, ctx.traceparent, request))
+        data = _encode(
+            Request(
+                ctx.deadline, ctx.request_id, ctx.caller, ctx.traceparent, request, ctx.identity
+            )
+        )
         timeout = ctx.deadline - time.time()
         try:
             msg = await self.nc.request(
@@ -255,7 +259,9 @@ class NatsRpcServer:
                     method.name,
                 )
             return  # past its deadline: the caller has given up already
-        ctx = CallContext(env.deadline, env.request_id, env.caller, env.traceparent)
+        ctx = CallContext(
+            env.deadline, env.request_id, env.caller, env.traceparent, identity=env.identity
+        )
         task = asyncio.current_task()
         assert task is not None
         # The watchdog cancels a call past its deadline: cheaper than a timer per call.
