@@ -5,7 +5,7 @@ and ``cleave.transport`` (for those who extend Cleave) or in private modules.
 """
 
 from cleave.app import App
-from cleave.context import CallContext, current, timeout
+from cleave.context import CallContext, Identity, current, timeout
 from cleave.contracts import contract, idempotent, readonly
 from cleave.data.database import Database, Transaction
 from cleave.data.prepared import Prepared
@@ -22,10 +22,12 @@ from cleave.errors import (
     InvalidArgument,
     LifecycleError,
     NotFound,
+    PermissionDenied,
     RemoteError,
     ServiceError,
     Unavailable,
 )
+from cleave.gateway.access import Scope
 from cleave.gateway.routes import Gateway
 from cleave.messages import Event, Message
 from cleave.service import Service, subscribe, use
@@ -47,14 +49,17 @@ __all__ = [
     "DefinitionError",
     "Event",
     "Gateway",
+    "Identity",
     "InvalidArgument",
     "LifecycleError",
     "Message",
     "NotFound",
+    "PermissionDenied",
     "Prepared",
     "RemoteError",
     "Saga",
     "SagaOutcome",
+    "Scope",
     "Service",
     "ServiceError",
     "Transaction",
