@@ -185,12 +185,11 @@ async def test_a_405_names_every_method_of_the_path(tmp_path: Any) -> None:
     import sample_app
 
     import cleave
-    from cleave.gateway.asgi import build_asgi
-    from cleave.testing import Harness
-
     from cleave.config import AuthSettings
+    from cleave.gateway.asgi import build_asgi
     from cleave.gateway.auth import Authenticator
     from cleave.gateway.limits import RateLimiter
+    from cleave.testing import Harness
 
     gateway = cleave.Gateway()
     gateway.post("/greet", sample_app.Greeter.greet, status=201, auth="public")

@@ -308,7 +308,7 @@ def test_a_jwks_url_from_the_environment_is_checked_once_expanded(
 async def test_a_caller_over_its_rate_gets_429_with_retry_after(tmp_path: Path) -> None:
     from shop.app import app
 
-    plan = Plan(gateway=GatewaySettings(rate=0.5, burst=3))
+    plan = Plan(gateway=GatewaySettings(rate=0.1, burst=3))  # one more every 10 s
     async with Harness(app, tmp_path, plan=plan) as h:
         transport = httpx.ASGITransport(app=h.asgi)
         alice = {"authorization": f"Bearer {h.token('acc-alice')}"}
