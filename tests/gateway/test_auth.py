@@ -7,6 +7,7 @@ authorization matrix in tests/shop runs both).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -368,3 +369,25 @@ def test_identity_is_small_and_frozen() -> None:
     with pytest.raises(AttributeError):
         alice.subject = "acc-bob"  # type: ignore[misc]
     assert msgspec.json.decode(msgspec.json.encode(alice), type=cleave.Identity) == alice
+
+
+async def test_a_remembered_token_still_expires(tmp_path: Path) -> None:
+    from cleave.gateway.auth import Authenticator, AuthFailure
+    from cleave.testing import token
+
+    auth = Authenticator(AuthSettings(leeway=0), app_name="shop", root=tmp_path, state_dir=tmp_path)
+    short = token(tmp_path, "acc-alice", audience="shop", ttl=1)
+    assert (await auth.identify(f"Bearer {short}", "user")).subject == "acc-alice"
+    assert short in auth._cache  # verified once, remembered
+
+    async def expired() -> bool:
+        try:
+            await auth.identify(f"Bearer {short}", "user")
+        except AuthFailure as exc:
+            return "expired" in exc.message
+        return False
+
+    deadline = time.monotonic() + 30
+    while not await expired():
+        assert time.monotonic() < deadline, "a remembered token outlived its exp"
+        await asyncio.sleep(0.1)

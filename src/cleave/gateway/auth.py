@@ -126,6 +126,9 @@ class _Jwks:
 class Authenticator:
     """Verifies bearer tokens for one gateway; built from ``[auth]`` and the app's folders."""
 
+    #: Verified tokens remembered at most (see :meth:`_verified`).
+    cache_size = 10_000
+
     def __init__(
         self, settings: AuthSettings, *, app_name: str, root: Path, state_dir: Path
     ) -> None:
@@ -135,6 +138,8 @@ class Authenticator:
         self.jwks: _Jwks | None = None
         self.static: Any = None
         self.hint = ""
+        #: Tokens verified already: token -> (identity, valid until).
+        self._cache: dict[str, tuple[Identity, float]] = {}
         if settings.issuer:
             self.issuer = settings.issuer
             self.algorithms = settings.algorithms
@@ -191,7 +196,7 @@ class Authenticator:
                 self.challenge("invalid_request", "send Authorization: Bearer <token>"),
             )
         try:
-            identity = await self._verify(token.strip())
+            identity = await self._verified(token.strip())
         except AuthFailure as exc:
             if exc.status != 401:
                 raise
@@ -205,7 +210,26 @@ class Authenticator:
             )
         return identity
 
-    async def _verify(self, token: str) -> Identity:
+    async def _verified(self, token: str) -> Identity:
+        """``token``'s identity: verified once, then remembered until it expires.
+
+        A signature check costs ~150 us; a client sends the same token for many
+        requests. Only valid tokens are kept, each until its ``exp`` (plus the
+        leeway), at most ``cache_size`` of them.
+        """
+        hit = self._cache.get(token)
+        if hit is not None:
+            identity, expires = hit
+            if time.time() < expires:
+                return identity
+            del self._cache[token]
+        identity, expires = await self._verify(token)
+        if len(self._cache) >= self.cache_size:
+            self._cache.clear()  # rare, and cheap to refill: simpler than an LRU
+        self._cache[token] = (identity, expires)
+        return identity
+
+    async def _verify(self, token: str) -> tuple[Identity, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:
@@ -242,7 +266,8 @@ class Authenticator:
             raise AuthFailure(401, f"the token has no {exc.claim!r} claim", "") from None
         except jwt.InvalidTokenError as exc:
             raise AuthFailure(401, str(exc), "") from None
-        return Identity(_subject(claims.get("sub")), _scopes(claims))
+        identity = Identity(_subject(claims.get("sub")), _scopes(claims))
+        return identity, float(claims["exp"]) + self.leeway
 
 
 def _subject(sub: object) -> str:
