@@ -6,7 +6,8 @@ coordinated omission). Requests go over a pool of keep-alive HTTP/1.1
 connections, opened as needed up to a cap. Written on asyncio streams
 rather than httpx, which is too slow a client to be a load generator.
 
-Usage: python -m bench.loadgen HOST PORT RATE SECONDS BODY_JSON
+Usage: python -m bench.loadgen HOST PORT RATE SECONDS BODY_JSON [TOKEN]
+(TOKEN: sent as ``Authorization: Bearer TOKEN``)
 prints {"offered", "sent", "ok", "errors", "p50_ms", "p99_ms", ...}
 """
 
@@ -45,10 +46,13 @@ class Conn:
         return status
 
 
-async def run(host: str, port: int, rate: float, seconds: float, body: bytes) -> dict[str, Any]:
+async def run(
+    host: str, port: int, rate: float, seconds: float, body: bytes, token: str = ""
+) -> dict[str, Any]:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
     payload = (
         f"POST /v1/orders HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"{auth}Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     idle: list[Conn] = []
     opened = 0
@@ -109,8 +113,10 @@ async def run(host: str, port: int, rate: float, seconds: float, body: bytes) ->
 
 
 def main(argv: list[str]) -> None:
-    host, port, rate, seconds, body = argv
-    result = asyncio.run(run(host, int(port), float(rate), float(seconds), body.encode()))
+    host, port, rate, seconds, body, *token = argv
+    result = asyncio.run(
+        run(host, int(port), float(rate), float(seconds), body.encode(), *token[:1])
+    )
     emit(result)
 
 

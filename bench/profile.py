@@ -101,9 +101,12 @@ def run(tmp: Path, *, rate: float = 60.0, seconds: float = 6.0) -> dict[str, Any
                   "--port", str(system.port), "--admin-port", "0", cwd=ROOT)  # fmt: skip
     proc = system.procs[0]
     try:
-        _wait_for_orders(system.port)
+        _wait_for_orders(system.port, system.token)
         proc.send_signal(signal.SIGUSR1)
-        gen = Worker("bench.loadgen", "127.0.0.1", str(system.port), str(rate), str(seconds), BODY)
+        gen = Worker(
+            "bench.loadgen", "127.0.0.1", str(system.port), str(rate), str(seconds), BODY,
+            system.token,
+        )  # fmt: skip
         load = gen.result(timeout=seconds + 120)
         proc.send_signal(signal.SIGUSR2)
         deadline = time.monotonic() + 30

@@ -6,7 +6,7 @@ and ``cleave.transport`` (for those who extend Cleave) or in private modules.
 
 from cleave.app import App
 from cleave.audience import publish_versions
-from cleave.context import CallContext, current, timeout
+from cleave.context import CallContext, Identity, current, timeout
 from cleave.contracts import contract, deprecated, idempotent, readonly
 from cleave.data.database import Database, Transaction
 from cleave.data.prepared import Prepared
@@ -23,10 +23,12 @@ from cleave.errors import (
     InvalidArgument,
     LifecycleError,
     NotFound,
+    PermissionDenied,
     RemoteError,
     ServiceError,
     Unavailable,
 )
+from cleave.gateway.access import Scope
 from cleave.gateway.routes import Gateway
 from cleave.messages import Event, Message
 from cleave.service import Service, adapts, subscribe, use
@@ -48,14 +50,17 @@ __all__ = [
     "DefinitionError",
     "Event",
     "Gateway",
+    "Identity",
     "InvalidArgument",
     "LifecycleError",
     "Message",
     "NotFound",
+    "PermissionDenied",
     "Prepared",
     "RemoteError",
     "Saga",
     "SagaOutcome",
+    "Scope",
     "Service",
     "ServiceError",
     "Transaction",

@@ -6,6 +6,7 @@
     cleave up [APP] [--port 8000] [--detach]  one process per service group, over NATS
     cleave ps [APP] [--json]                  the processes of a running `cleave up`
     cleave down [APP]                         stop a running `cleave up`
+    cleave token [APP] --sub ID [--scope S]   a dev token for the gateway (Authorization: Bearer)
     cleave status [APP]                       outbox backlogs, consumers, sagas of each worker
     cleave scale SERVICE=N [APP]              add or drain workers of a running app
     cleave deploy SERVICE [APP]               replace a service's workers, new before old
@@ -110,6 +111,7 @@ def run(
         if url:
             console.print(f"gateway:   [bold]{url}[/]   (Ctrl-C to stop)", highlight=False)
         console.print(f"dashboard: [bold]{dashboard}[/]", highlight=False)
+        _auth_lines(loaded)
 
     try:
         asyncio.run(
@@ -149,13 +151,89 @@ def up(
             )
             console.print(f"dashboard: [bold]{state['dashboard_url']}[/]", highlight=False)
             console.print(f"stop it with: cleave down {loaded.root}", highlight=False)
+            _auth_lines(loaded)
             return
+        if loaded.app.gateway is not None:
+            _auth_lines(loaded)
         code = asyncio.run(
             supervisor.run(loaded, port=port, admin_port=admin_port, console=console)
         )
     except CleaveError as exc:
         _fail(str(exc))
     raise typer.Exit(code)
+
+
+def _auth_lines(loaded: LoadedApp) -> None:
+    """Say whom the gateway trusts, and how to get a token."""
+    if loaded.app.gateway is None:
+        return
+    auth = loaded.plan.auth
+    if auth.issuer:
+        console.print(f"auth:      tokens from issuer {auth.issuer}", highlight=False)
+        return
+    console.print(
+        "auth:      the dev issuer (not for production: set [auth] issuer); a token: "
+        f"cleave token {loaded.root} --sub <account id> [--scope admin]",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(text: str) -> float:
+    unit = text[-1:].lower()
+    number = text[:-1] if unit in _UNITS else text
+    try:
+        value = float(number) * _UNITS.get(unit, 1)
+    except ValueError:
+        value = 0
+    if not value > 0:
+        _fail(f"--ttl {text!r} is not a duration; give e.g. 90s, 30m, 1h or 7d", 2)
+    return value
+
+
+@app.command()
+def token(
+    path: AppArg = None,
+    sub: Annotated[
+        str, typer.Option("--sub", help="The token's subject: in the shop, an account id.")
+    ] = "",
+    scope: Annotated[
+        list[str] | None, typer.Option("--scope", help="A scope to grant (repeat for more).")
+    ] = None,
+    ttl: Annotated[str, typer.Option(help="How long it is valid: 90s, 30m, 1h, 7d.")] = "1h",
+    state_dir: StateOpt = None,
+) -> None:
+    """Print a token from the app's dev issuer, for `Authorization: Bearer <token>`.
+
+    The dev issuer's key is made under the app's state folder (.cleave/) on
+    first use; the gateway trusts it while cleave.toml's [auth] names no issuer.
+    """
+    from cleave.gateway.devissuer import mint
+
+    loaded = _load(path, state_dir)
+    auth = loaded.plan.auth
+    if auth.issuer:
+        _fail(
+            f"{loaded.app.name} trusts tokens from issuer {auth.issuer} (cleave.toml [auth]); "
+            "get one from it: `cleave token` signs only for the dev issuer",
+            2,
+        )
+    if not sub:
+        _fail("give the token's subject: --sub acc-alice (in the shop, an account id)", 2)
+    try:
+        text = mint(
+            loaded.state_dir,
+            subject=sub,
+            audience=auth.audience or loaded.app.name,
+            scopes=tuple(scope or ()),
+            ttl=_seconds(ttl),
+        )
+    except CleaveError as exc:
+        _fail(str(exc), 2)
+    print(text)  # plain: no wrapping, so $(cleave token ...) takes it whole
 
 
 @app.command()

@@ -16,6 +16,17 @@ plan, with the defaults::
     [gateway]
     host = "127.0.0.1"
     port = 8000                   # `--port` on the command line wins
+    rate = 50.0                   # requests per second per caller (a token's subject, or the
+    burst = 100                   # client address without one), after a burst; 0: no limit
+
+    [auth]                        # bearer tokens at the gateway (see docs/security.md)
+    issuer = ""                   # the tokens' `iss`; empty: the dev issuer (`cleave token`)
+    audience = ""                 # the tokens' `aud`; default: the app's name
+    jwks_url = ""                 # the issuer's keys: https, or http on loopback; or
+    public_key = ""               # a PEM public key file (relative to the app's folder)
+    algorithms = []               # accepted `alg`s, e.g. ["RS256"]; the dev issuer's: ES256
+    leeway = 30.0                 # seconds of clock skew allowed on `exp` and `nbf`
+    jwks_ttl = 300.0              # seconds the JWKS is cached
 
     [database]                    # every service's database, unless its own section says
     url = ""                      # e.g. "postgresql+asyncpg://u@host/shop_{service}"; empty: SQLite
@@ -85,6 +96,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -97,6 +109,7 @@ from cleave.resilience import ResilienceOverride, ResilienceSettings
 
 __all__ = [
     "AppSettings",
+    "AuthSettings",
     "DatabaseSettings",
     "EventsSettings",
     "GatewaySettings",
@@ -135,6 +148,79 @@ class GatewaySettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields
     host: str = "127.0.0.1"
     port: Port = 8000
     calls: dict[str, ResilienceOverride] = {}
+    #: Requests per second per caller (token subject, or client address); 0: no limit.
+    rate: Annotated[float, msgspec.Meta(ge=0)] = 50.0
+    #: Requests a caller may send at once, above the rate.
+    burst: Annotated[int, msgspec.Meta(ge=1)] = 100
+
+
+#: Public-key JWS algorithms the gateway can verify (RFC 7518, RFC 8037).
+ALGORITHMS = (
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+    "PS256",
+    "PS384",
+    "PS512",
+    "RS256",
+    "RS384",
+    "RS512",
+)
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "[::1]"})
+
+
+class AuthSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How the gateway verifies bearer tokens (``[auth]``)."""
+
+    issuer: str = ""
+    audience: str = ""
+    jwks_url: str = ""
+    public_key: str = ""
+    algorithms: tuple[str, ...] = ()
+    leeway: Annotated[float, msgspec.Meta(ge=0, le=300)] = 30.0
+    jwks_ttl: Annotated[float, msgspec.Meta(ge=1)] = 300.0
+
+    def __post_init__(self) -> None:
+        for alg in self.algorithms:
+            if alg.lower() == "none":
+                raise ValueError(
+                    "algorithm `none` means an unsigned token, which anyone can forge; it is "
+                    f"never accepted: use one of {', '.join(ALGORITHMS)}"
+                )
+            if alg.upper().startswith("HS"):
+                raise ValueError(
+                    f"algorithm {alg} is a shared-secret (HMAC) one; the gateway verifies with "
+                    f"public keys only, so an HMAC token can never be confused with them: use "
+                    f"one of {', '.join(ALGORITHMS)}"
+                )
+            if alg not in ALGORITHMS:
+                raise ValueError(f"unknown algorithm {alg!r}: use one of {', '.join(ALGORITHMS)}")
+        if not self.issuer:
+            if self.jwks_url or self.public_key:
+                raise ValueError(
+                    "jwks_url and public_key belong to an issuer: set `issuer` (the tokens' "
+                    "`iss`) too, or drop them to use the dev issuer (`cleave token`)"
+                )
+            return
+        if bool(self.jwks_url) == bool(self.public_key):
+            raise ValueError(
+                f"issuer {self.issuer!r} needs exactly one of `jwks_url` (its JWKS, e.g. "
+                "https://issuer.example/.well-known/jwks.json) or `public_key` (a PEM file)"
+            )
+        if not self.algorithms:
+            raise ValueError(
+                f"issuer {self.issuer!r}: name the algorithms its tokens are signed with, e.g. "
+                'algorithms = ["RS256"]; they are never taken from the token'
+            )
+        if self.jwks_url and "${" not in self.jwks_url:  # checked again once expanded
+            url = urllib.parse.urlsplit(self.jwks_url)
+            host = f"[{url.hostname}]" if url.hostname and ":" in url.hostname else url.hostname
+            if not (url.scheme == "https" or (url.scheme == "http" and host in _LOOPBACK)):
+                raise ValueError(
+                    f"jwks_url {self.jwks_url!r} must be an https:// URL (or http:// on "
+                    "127.0.0.1/localhost): keys fetched in the clear could be replaced on the way"
+                )
 
 
 #: Days, up to ten years: a retention setting.
@@ -214,6 +300,7 @@ class Plan(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     app: AppSettings = AppSettings()
     runtime: RuntimeSettings = RuntimeSettings()
     gateway: GatewaySettings = GatewaySettings()
+    auth: AuthSettings = AuthSettings()
     events: EventsSettings = EventsSettings()
     nats: NatsSettings = NatsSettings()
     database: DatabaseSettings = DatabaseSettings()
@@ -349,12 +436,25 @@ def load_plan(root: Path) -> Plan:
         for name, s in plan.services.items()
     }
     nats = _nats_env(plan.nats)
+    try:
+        auth = AuthSettings(
+            **{
+                **msgspec.structs.asdict(plan.auth),
+                "issuer": _expand(plan.auth.issuer, "[auth] issuer"),
+                "jwks_url": _expand(plan.auth.jwks_url, "[auth] jwks_url"),
+                "public_key": _expand(plan.auth.public_key, "[auth] public_key"),
+            }
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{path} [auth]: {exc}") from None
     database_url = os.environ.get("CLEAVE_DATABASE_URL") or _expand(
         plan.database.url, "[database] url"
     )
     database = msgspec.structs.replace(plan.database, url=database_url)
     app = plan.app if plan.app.name else msgspec.structs.replace(plan.app, name=_default_name(root))
-    return msgspec.structs.replace(plan, services=services, nats=nats, app=app, database=database)
+    return msgspec.structs.replace(
+        plan, services=services, nats=nats, app=app, database=database, auth=auth
+    )
 
 
 def _nats_env(nats: NatsSettings) -> NatsSettings:

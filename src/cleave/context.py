@@ -12,6 +12,12 @@ through a context variable and across processes in the wire envelope.
   order in which the parent made them (``<parent>.1``, ``<parent>.2``, ...),
   so a retried handler repeats the same ids for the same calls.
 - The **caller** names the service (or ``gateway``) that made the call.
+- The **identity** is the end user the call acts for (see :class:`Identity`):
+  set by the gateway from a verified token, it travels with every nested call
+  for the services to authorize and audit with. ``None`` means the system:
+  Cleave's own background work (saga steps, event handlers, timers) acts for
+  no user. An event handler reads who caused its event in ``caused_by``,
+  for auditing only.
 """
 
 from __future__ import annotations
@@ -28,12 +34,70 @@ import msgspec
 from cleave.errors import ConfigError
 
 __all__ = [
+    "ANONYMOUS",
+    "CAUSED_BY",
     "CallContext",
+    "Identity",
     "current",
+    "decode_identity",
+    "encode_identity",
     "new_request_id",
     "remaining",
     "timeout",
 ]
+
+
+class Identity(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """Who a call acts for: the subject of a token the gateway verified, and its scopes.
+
+    Only the gateway makes one, from a verified token; a service reads it from
+    ``cleave.current().identity`` and never from a field of the request::
+
+        me = cleave.current().identity
+        if me is not None and not me.may_act_for(req.account_id):
+            raise cleave.NotFound(...)
+
+    The empty subject is :data:`ANONYMOUS`: a caller of a public route with no token.
+    """
+
+    subject: str
+    scopes: tuple[str, ...] = ()
+
+    @property
+    def anonymous(self) -> bool:
+        return not self.subject
+
+    def has(self, scope: str) -> bool:
+        """Whether the token granted ``scope``."""
+        return scope in self.scopes
+
+    def may_act_for(self, subject: str, *, admin: str = "admin") -> bool:
+        """Whether this identity is ``subject`` itself, or holds the ``admin`` scope."""
+        return (not self.anonymous and self.subject == subject) or admin in self.scopes
+
+
+#: The identity of a request without a token, on a public route.
+ANONYMOUS = Identity("")
+
+#: The event header that says who caused an event (see :func:`encode_identity`).
+CAUSED_BY = "Cleave-Caused-By"
+
+_identity_json = msgspec.json.Decoder(Identity)
+
+
+def encode_identity(identity: Identity) -> str:
+    """``identity`` as a short JSON text, for an event header."""
+    return msgspec.json.encode(identity).decode()
+
+
+def decode_identity(text: str) -> Identity | None:
+    """The identity in an event header; None if there is none or it does not decode."""
+    if not text:
+        return None
+    try:
+        return _identity_json.decode(text)
+    except msgspec.DecodeError:
+        return None  # audit data only: a malformed header must not poison the event
 
 
 class CallContext(msgspec.Struct, gc=False):
@@ -51,6 +115,10 @@ class CallContext(msgspec.Struct, gc=False):
     calls: int = 0
     #: The service handling this call (set by whoever runs it; names its log lines).
     service: str = ""
+    #: The end user the call acts for; None: the system (Cleave's background work).
+    identity: Identity | None = None
+    #: In an event handler: who caused the event (for auditing; never for authorization).
+    caused_by: Identity | None = None
 
     def child_request_id(self) -> str:
         """The request id of the next call made while handling this one."""
@@ -59,7 +127,8 @@ class CallContext(msgspec.Struct, gc=False):
 
     def __repr__(self) -> str:
         left = self.deadline - time.time()
-        return f"<CallContext {self.request_id} from {self.caller} {left:.3f}s left>"
+        who = "" if self.identity is None else f" for {self.identity.subject or 'anonymous'}"
+        return f"<CallContext {self.request_id} from {self.caller}{who} {left:.3f}s left>"
 
 
 _current: ContextVar[CallContext | None] = ContextVar("cleave_call", default=None)

@@ -10,6 +10,7 @@
         ├── ServiceError         raised on purpose by service code; crosses the wire typed
         │   ├── InvalidArgument  the request is wrong (HTTP 422)
         │   ├── NotFound         the thing asked for does not exist (HTTP 404)
+        │   ├── PermissionDenied the caller's identity may not do this (HTTP 403)
         │   └── Conflict         the request clashes with current state (HTTP 409)
         ├── DeadlineExceeded     the call's deadline passed; it may still have run (HTTP 504)
         ├── Unavailable          nobody could take the call right now (HTTP 503)
@@ -47,6 +48,7 @@ __all__ = [
     "InvalidArgument",
     "LifecycleError",
     "NotFound",
+    "PermissionDenied",
     "RemoteError",
     "ServiceError",
     "Unavailable",
@@ -137,6 +139,16 @@ class NotFound(ServiceError):
     http_status = 404
 
 
+class PermissionDenied(ServiceError):
+    """The caller's identity (``cleave.current().identity``) may not do what it asked.
+
+    For something the caller may not even know exists, raise :class:`NotFound`
+    instead, so that a refusal does not reveal it.
+    """
+
+    http_status = 403
+
+
 class Conflict(ServiceError):
     """The request clashes with the current state (e.g. an idempotency key reused)."""
 
@@ -221,6 +233,7 @@ _BUILTIN: dict[str, type[CallError]] = {
         ServiceError,
         InvalidArgument,
         NotFound,
+        PermissionDenied,
         Conflict,
         DeadlineExceeded,
         Unavailable,

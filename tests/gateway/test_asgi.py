@@ -185,14 +185,25 @@ async def test_a_405_names_every_method_of_the_path(tmp_path: Any) -> None:
     import sample_app
 
     import cleave
+    from cleave.config import AuthSettings
     from cleave.gateway.asgi import build_asgi
+    from cleave.gateway.auth import Authenticator
+    from cleave.gateway.limits import RateLimiter
     from cleave.testing import Harness
 
     gateway = cleave.Gateway()
-    gateway.post("/greet", sample_app.Greeter.greet, status=201)
-    gateway.get("/greet", sample_app.Greeter.greet)
+    gateway.post("/greet", sample_app.Greeter.greet, status=201, auth="public")
+    gateway.get("/greet", sample_app.Greeter.greet, auth="public")
     async with Harness(sample_app.app, tmp_path) as h:
-        asgi = build_asgi(gateway, h.host.router, timeout=5, app_name="t")
+        auth = Authenticator(AuthSettings(), app_name="t", root=tmp_path, state_dir=tmp_path)
+        asgi = build_asgi(
+            gateway,
+            h.host.router,
+            timeout=5,
+            app_name="t",
+            auth=auth,
+            limiter=RateLimiter(0, 1),
+        )
         transport = httpx.ASGITransport(app=asgi)
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
             for method in ("DELETE", "PUT", "OPTIONS"):

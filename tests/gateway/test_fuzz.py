@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cleave.config import GatewaySettings, Plan
 from cleave.testing import Harness
 
 json_values = st.recursive(
@@ -45,15 +46,20 @@ def shop_asgi(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from shop.app import app
 
     loop = asyncio.new_event_loop()
-    harness = Harness(app, tmp_path_factory.mktemp("fuzz"))
+    # No rate limit: hundreds of requests in a burst, each of which must reach the routes.
+    harness = Harness(
+        app, tmp_path_factory.mktemp("fuzz"), plan=Plan(gateway=GatewaySettings(rate=0))
+    )
     loop.run_until_complete(harness.__aenter__())
-    yield loop, harness.asgi
+    yield loop, harness.asgi, harness.token("ops", "admin")
     loop.run_until_complete(harness.__aexit__())
     loop.close()
 
 
 def request(shop_asgi: Any, method: str, path: str, **kw: Any) -> httpx.Response:
-    loop, asgi = shop_asgi
+    loop, asgi, token = shop_asgi
+    # An admin's token: the bodies reach the services, whatever account they name.
+    kw["headers"] = {"authorization": f"Bearer {token}", **kw.get("headers", {})}
 
     async def go() -> httpx.Response:
         transport = httpx.ASGITransport(app=asgi)

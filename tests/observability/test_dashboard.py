@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cleave.testing import token
 from conftest import SAMPLE, SHOP, Run, Up, cli, wait_until
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -55,7 +56,7 @@ def shot(page: Any, tmp: Path, name: str, element: str = "") -> None:
         target.screenshot(path=str(DOCS / name))
 
 
-def steady_orders(url: str, seconds: float) -> None:
+def steady_orders(url: str, state: Path, seconds: float) -> None:
     """Some traffic, so the live numbers have something to show."""
     import time
 
@@ -63,15 +64,21 @@ def steady_orders(url: str, seconds: float) -> None:
     accounts = ["acc-alice", "acc-bob", "acc-carol", "acc-poor"]
     i = 0
     while time.monotonic() < end:
-        order(url, accounts[i % len(accounts)])
+        order(url, state, accounts[i % len(accounts)])
         httpx.get(f"{url}/v1/products", timeout=10)
         i += 1
 
 
-def order(url: str, account: str, sku: str = "CBL-01") -> dict[str, Any]:
+def admin(state: Path) -> dict[str, str]:
+    """Headers with a token of an admin, from the dev issuer of the app run on ``state``."""
+    return {"authorization": f"Bearer {token(state, 'ops', 'admin', audience='shop')}"}
+
+
+def order(url: str, state: Path, account: str, sku: str = "CBL-01") -> dict[str, Any]:
     resp = httpx.post(
         f"{url}/v1/orders",
         json={"account_id": account, "items": [{"sku": sku, "qty": 1}]},
+        headers=admin(state),
         timeout=30,
     )
     assert resp.status_code in (201, 202), resp.text
@@ -99,8 +106,8 @@ def test_monolith_topology_and_why_an_order_failed(browser: Any, tmp_path: Path)
             page.wait_for_selector(f"#nodes [data-node='{name}']", timeout=15_000)
         assert "monolith" in page.inner_text("#placement")
         for _ in range(3):
-            order(run.url, "acc-alice")
-        failed = order(run.url, "acc-poor")
+            order(run.url, tmp_path, "acc-alice")
+        failed = order(run.url, tmp_path, "acc-poor")
         assert failed["status"] == "cancelled"
         page.wait_for_timeout(2500)  # one refresh of the page's live numbers
         assert page.locator("#processes tbody tr").count() == len(SERVICES)
@@ -124,7 +131,7 @@ def test_processes_traces_cross_workers_and_a_down_service_shows(
     try:
         state = json.loads((tmp_path / "run" / "supervisor.json").read_text())
         url = state["dashboard_url"]
-        placed = order(up.url, "acc-bob")
+        placed = order(up.url, tmp_path, "acc-bob")
         assert placed["status"] == "confirmed"
 
         def found() -> dict[str, Any] | None:
@@ -144,7 +151,7 @@ def test_processes_traces_cross_workers_and_a_down_service_shows(
         for name in SERVICES:
             page.wait_for_selector(f"#nodes [data-node='{name}']", timeout=15_000)
         assert "processes" in page.inner_text("#placement")
-        steady_orders(up.url, 6.0)
+        steady_orders(up.url, tmp_path, 6.0)
         page.wait_for_timeout(500)
         shot(page, tmp_path, "dashboard.png")
 
@@ -153,6 +160,7 @@ def test_processes_traces_cross_workers_and_a_down_service_shows(
         resp = httpx.post(
             f"{up.url}/v1/orders",
             json={"account_id": "acc-carol", "items": [{"sku": "CBL-01", "qty": 1}]},
+            headers=admin(tmp_path),
             timeout=30,
         )
         assert resp.status_code in (503, 504)

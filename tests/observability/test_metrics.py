@@ -36,6 +36,7 @@ async def test_counts_after_three_good_orders_and_two_declined(tmp_path: Path) -
                 await http.post(
                     "/v1/orders",
                     json={"account_id": account, "items": [{"sku": "CBL-01", "qty": 1}]},
+                    headers={"authorization": f"Bearer {h.token('ops', 'admin')}"},
                 )
             assert (await http.get("/v1/products/NOPE")).status_code == 404
         await h.settle()

@@ -134,7 +134,9 @@ async def test_one_trace_from_the_gateway_to_the_shipment(shop: Any) -> None:
     transport = httpx.ASGITransport(app=shop.asgi)
     async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
         resp = await http.post(
-            "/v1/orders", json={"account_id": "acc-alice", "items": [{"sku": "MS-01", "qty": 1}]}
+            "/v1/orders",
+            json={"account_id": "acc-alice", "items": [{"sku": "MS-01", "qty": 1}]},
+            headers={"authorization": f"Bearer {shop.token('acc-alice')}"},
         )
     order = resp.json()
     assert order["status"] == "confirmed"

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import SHOP, PostgresDatabases, Run, Up, wait_until
+from conftest import SHOP, PostgresDatabases, Run, Up, cli, wait_until
 
 PRICES = {"KB-01": 8_900, "MS-01": 2_900, "MN-27": 24_900, "CBL-01": 900, "GPU-01": 59_900}
 
@@ -23,7 +23,17 @@ class Shop:
     def __init__(self, runner: Run | Up, placement: str) -> None:
         self.runner = runner
         self.placement = placement
-        self.http = httpx.Client(base_url=runner.url, timeout=30)
+        # An admin reaches every account: these tests are about the shop's workings;
+        # test_a_customer_reaches_only_its_own_account is about who sees what.
+        admin = self.token("ops", "--scope", "admin")
+        self.http = httpx.Client(
+            base_url=runner.url, timeout=30, headers={"authorization": f"Bearer {admin}"}
+        )
+
+    def token(self, *args: str) -> str:
+        """A token from the app's dev issuer, by `cleave token` as a user would get one."""
+        out = cli("token", SHOP, "--sub", *args, "--state-dir", self.runner.state_dir)
+        return str(out.stdout.strip())
 
     def get(self, path: str, **params: Any) -> Any:
         resp = self.http.get(path, params=params)
@@ -226,6 +236,24 @@ def test_bad_orders_get_a_4xx_that_names_the_problem(
     resp = shop.http.post("/v1/orders", content=body, headers={"content-type": "application/json"})
     assert resp.status_code == status, resp.text
     assert needle in resp.json()["error"]["message"]
+
+
+def test_a_customer_reaches_only_its_own_account(shop: Shop) -> None:
+    alice = {"authorization": f"Bearer {shop.token('acc-alice')}"}
+    bob = {"authorization": f"Bearer {shop.token('acc-bob')}"}
+    anonymous = httpx.Client(base_url=shop.runner.url, timeout=30)
+    assert anonymous.get("/v1/accounts/acc-alice").status_code == 401
+    assert anonymous.get("/v1/products").status_code == 200  # the catalog is public
+    placed = shop.order("acc-bob", [("CBL-01", 1)], **bob)
+    assert placed.status_code == 201, placed.text
+    bobs = placed.json()["order_id"]
+    assert anonymous.get(f"/v1/orders/{bobs}").status_code == 401
+    assert anonymous.get(f"/v1/orders/{bobs}", headers=alice).status_code == 404
+    assert anonymous.get(f"/v1/orders/{bobs}", headers=bob).status_code == 200
+    assert anonymous.get("/v1/accounts/acc-bob", headers=alice).status_code == 404
+    assert anonymous.get("/v1/accounts", headers=alice).status_code == 403
+    on_bobs = shop.order("acc-bob", [("CBL-01", 1)], **alice)
+    assert on_bobs.status_code == 403, on_bobs.text
 
 
 def test_openapi(shop: Shop) -> None:

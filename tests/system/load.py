@@ -32,6 +32,8 @@ class Load:
     rate: float = 20.0
     threads: int = 4
     timeout: float = 30.0
+    #: Sent with every request (e.g. a token).
+    headers: dict[str, str] = field(default_factory=dict)
     outcomes: list[Outcome] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _workers: list[threading.Thread] = field(default_factory=list)
@@ -62,7 +64,7 @@ class Load:
             while not self._stop.is_set():
                 n = self._next()
                 method, path, body = self.make(n)
-                headers = {"Idempotency-Key": f"load-{os.getpid()}-{id(self)}-{n}"}
+                headers = {**self.headers, "Idempotency-Key": f"load-{os.getpid()}-{id(self)}-{n}"}
                 started = time.monotonic()
                 try:
                     resp = http.request(method, path, json=body, headers=headers)

@@ -1,4 +1,8 @@
-"""What the crash tests share: order plans, retrying clients, invariants from the API."""
+"""What the crash tests share: order plans, retrying clients, invariants from the API.
+
+Every request goes as an admin (a token from the app's dev issuer, made for the
+state folder the test runs the shop with): the checks read every account.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,25 @@ import httpx
 RICH = ["acc-alice", "acc-bob", "acc-carol", "acc-dave"]
 COMMON = ["KB-01", "MS-01", "HUB-01", "CBL-01", "LMP-01", "MN-27"]
 SCARCE = ["CHR-01", "GPU-01"]
+
+
+def admin_headers(state_dir: Path, subject: str = "ops") -> dict[str, str]:
+    """Headers with an admin's token for the shop run with ``state_dir``."""
+    from cleave.testing import token
+
+    return {"authorization": f"Bearer {token(state_dir, subject, 'admin', audience='shop')}"}
+
+
+class Api(httpx.Client):
+    """An httpx client that waits out the gateway's rate limit (429, Retry-After) and retries."""
+
+    def request(self, *args: Any, **kwargs: Any) -> httpx.Response:  # type: ignore[override]
+        for _ in range(60):
+            resp = super().request(*args, **kwargs)
+            if resp.status_code != 429:
+                return resp
+            time.sleep(float(resp.headers.get("retry-after", "1")))
+        return resp
 
 
 class Control:
@@ -59,10 +82,14 @@ class Client(threading.Thread):
     """Places orders from a queue; retries a failed one with the same key."""
 
     def __init__(
-        self, url: str, work: queue.Queue[dict[str, Any]], results: dict[str, Any]
+        self,
+        url: str,
+        work: queue.Queue[dict[str, Any]],
+        results: dict[str, Any],
+        headers: dict[str, str],
     ) -> None:
         super().__init__(daemon=True)
-        self.http = httpx.Client(base_url=url, timeout=30)
+        self.http = httpx.Client(base_url=url, timeout=30, headers=headers)
         self.work = work
         self.results = results
         self.retries = 0
@@ -113,8 +140,19 @@ def snapshot(http: httpx.Client) -> dict[str, Any]:
         stock[sku] = (s["available"], s["reserved"])
     orders = []
     for account in accounts:
-        orders += http.get("/v1/orders", params={"account_id": account}).json()
+        orders += all_orders(http, account)
     return {"balances": accounts, "stock": stock, "orders": orders}
+
+
+def all_orders(http: httpx.Client, account: str) -> list[dict[str, Any]]:
+    """Every order of ``account``, page after page."""
+    found: list[dict[str, Any]] = []
+    while True:
+        params = {"account_id": account, "after": found[-1]["order_id"] if found else ""}
+        page = http.get("/v1/orders", params=params).json()
+        found += page
+        if len(page) < 100:
+            return found
 
 
 def per_order(http: httpx.Client, orders: list[dict[str, Any]], path: str) -> dict[str, int]:

@@ -37,7 +37,17 @@ from typing import Any
 
 import httpx
 import pytest
-from shopcheck import SCARCE, Client, Control, check_invariants, per_order, plans, snapshot
+from shopcheck import (
+    SCARCE,
+    Api,
+    Client,
+    Control,
+    admin_headers,
+    check_invariants,
+    per_order,
+    plans,
+    snapshot,
+)
 
 from conftest import SHOP, PostgresDatabases, Up, wait_until
 
@@ -145,13 +155,16 @@ def test_nothing_lost_nothing_twice_under_sigkill(tmp_path: Path, storage: str) 
     up = Up(SHOP, tmp_path, pg.env if pg else {}).start()
     try:
         control = Control(tmp_path)
-        http = httpx.Client(base_url=up.url, timeout=30)
+        http = Api(base_url=up.url, timeout=30, headers=admin_headers(tmp_path))
         initial = snapshot(http)
         work: queue.Queue[dict[str, Any]] = queue.Queue()
         for plan in plans(rng, ORDERS):
             work.put(plan)
         results: dict[str, Any] = {}
-        clients = [Client(up.url, work, results) for _ in range(CLIENTS)]
+        clients = [
+            Client(up.url, work, results, admin_headers(tmp_path, f"client-{i}"))
+            for i in range(CLIENTS)
+        ]
         done = threading.Event()
         killer = Killer(control, rng, done, up.url)
         started = time.monotonic()

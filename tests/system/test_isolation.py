@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from load import Load, errors, figures, p99
-from shopcheck import Control
+from shopcheck import Control, admin_headers, all_orders
 
 from conftest import SHOP, Up, cli, wait_until
 
@@ -52,19 +52,33 @@ def orders(n: int) -> tuple[str, str, Any]:
     )
 
 
-def final_orders(url: str, account: str = "acc-carol") -> list[dict[str, Any]]:
-    return httpx.get(f"{url}/v1/orders", params={"account_id": account}, timeout=30).json()
+def customer(up: Up) -> dict[str, str]:
+    """The headers of acc-carol, the customer who orders in these tests."""
+    out = cli("token", SHOP, "--sub", "acc-carol", "--state-dir", up.state_dir)
+    return {"authorization": f"Bearer {out.stdout.strip()}"}
 
 
-def all_final(url: str) -> bool:
-    return all(o["status"] != "pending" for o in final_orders(url))
+def final_orders(up: Up) -> list[dict[str, Any]]:
+    with httpx.Client(base_url=up.url, timeout=30, headers=admin_headers(up.state_dir)) as http:
+        return all_orders(http, "acc-carol")
+
+
+def all_final(up: Up) -> bool:
+    return all(o["status"] != "pending" for o in final_orders(up))
+
+
+def balance_of_carol(up: Up) -> int:
+    resp = httpx.get(f"{up.url}/v1/accounts/acc-carol", headers=customer(up), timeout=30)
+    return int(resp.json()["balance_cents"])
 
 
 def test_a_paused_billing_does_not_take_the_shop_down(shop: Up) -> None:
     control = Control(shop.state_dir)
-    balance = httpx.get(f"{shop.url}/v1/accounts/acc-carol").json()["balance_cents"]
+    balance = balance_of_carol(shop)
     browse = Load(shop.url, reads, rate=30, threads=3).start()
-    buy = Load(shop.url, orders, rate=4, threads=4, timeout=DEADLINE + 5).start()
+    buy = Load(
+        shop.url, orders, rate=4, threads=4, timeout=DEADLINE + 5, headers=customer(shop)
+    ).start()
     time.sleep(5)
     paused_at = time.monotonic()
     httpx.post(
@@ -90,10 +104,10 @@ def test_a_paused_billing_does_not_take_the_shop_down(shop: Up) -> None:
     unclean = errors(buy.outcomes, allowed=(503, 504))
     assert not unclean, f"orders failed uncleanly: {[(o.status, o.body) for o in unclean[:3]]}"
 
-    wait_until(lambda: all_final(shop.url), timeout=45, interval=0.5)
-    placed = final_orders(shop.url)
+    wait_until(lambda: all_final(shop), timeout=45, interval=0.5)
+    placed = final_orders(shop)
     spent = sum(o["total_cents"] for o in placed if o["status"] == "confirmed")
-    after = httpx.get(f"{shop.url}/v1/accounts/acc-carol").json()["balance_cents"]
+    after = balance_of_carol(shop)
     assert balance - after == spent
     buys_during = buy.between(paused_at, resumed_at)
     print(
@@ -107,7 +121,9 @@ def test_a_paused_billing_does_not_take_the_shop_down(shop: Up) -> None:
 def test_a_killed_billing_replica_fails_no_order(shop: Up) -> None:
     control = Control(shop.state_dir)
     cli("scale", "billing=3", SHOP, "--state-dir", shop.state_dir)
-    buy = Load(shop.url, orders, rate=10, threads=5, timeout=DEADLINE + 5).start()
+    buy = Load(
+        shop.url, orders, rate=10, threads=5, timeout=DEADLINE + 5, headers=customer(shop)
+    ).start()
     time.sleep(4)
     victim = next(
         r
@@ -120,7 +136,7 @@ def test_a_killed_billing_replica_fails_no_order(shop: Up) -> None:
     buy.stop()
     failed = errors(buy.outcomes)
     assert not failed, f"orders failed: {[(o.status, o.body) for o in failed[:3]]}"
-    wait_until(lambda: all_final(shop.url), timeout=30, interval=0.5)
+    wait_until(lambda: all_final(shop), timeout=30, interval=0.5)
     after_kill = buy.between(killed_at, killed_at + 6)
     print(
         f"\nbilling replica killed (3 running): {figures('orders', buy.outcomes)}; "
@@ -129,7 +145,9 @@ def test_a_killed_billing_replica_fails_no_order(shop: Up) -> None:
 
 
 def test_deploying_orders_under_load_loses_nothing(shop: Up) -> None:
-    buy = Load(shop.url, orders, rate=10, threads=5, timeout=DEADLINE + 5).start()
+    buy = Load(
+        shop.url, orders, rate=10, threads=5, timeout=DEADLINE + 5, headers=customer(shop)
+    ).start()
     browse = Load(shop.url, reads, rate=10, threads=2).start()
     time.sleep(3)
     started = time.monotonic()
@@ -143,8 +161,8 @@ def test_deploying_orders_under_load_loses_nothing(shop: Up) -> None:
         f"5xx during the deploy: {[(o.status, o.body) for o in server_errors[:3]]}"
     )
     accepted = {o.body["order_id"] for o in buy.outcomes if 200 <= o.status < 300}
-    wait_until(lambda: all_final(shop.url), timeout=30, interval=0.5)
-    stored = {o["order_id"] for o in final_orders(shop.url)}
+    wait_until(lambda: all_final(shop), timeout=30, interval=0.5)
+    stored = {o["order_id"] for o in final_orders(shop)}
     assert accepted <= stored, f"lost orders: {sorted(accepted - stored)[:5]}"
     during = buy.between(started, deployed)
     print(
@@ -156,7 +174,9 @@ def test_deploying_orders_under_load_loses_nothing(shop: Up) -> None:
 
 def test_scaling_inventory_up_and_down_under_load(shop: Up) -> None:
     browse = Load(shop.url, reads, rate=30, threads=3).start()
-    buy = Load(shop.url, orders, rate=6, threads=3, timeout=DEADLINE + 5).start()
+    buy = Load(
+        shop.url, orders, rate=6, threads=3, timeout=DEADLINE + 5, headers=customer(shop)
+    ).start()
     time.sleep(3)
     started = time.monotonic()
     cli("scale", "inventory=3", SHOP, "--state-dir", shop.state_dir)

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from shopcheck import Client, check_invariants, plans, snapshot
+from shopcheck import Api, Client, admin_headers, check_invariants, plans, snapshot
 
 from conftest import SHOP, Run, wait_until
 
@@ -31,13 +31,15 @@ def test_a_killed_monolith_resumes_without_loss_or_repeats(tmp_path: Path) -> No
     seed = int(os.environ.get("CLEAVE_CRASH_SEED", str(random.randrange(1 << 30))))
     rng = random.Random(seed)
     run = Run(SHOP, tmp_path).start()
-    http = httpx.Client(base_url=run.url, timeout=30)
+    http = Api(base_url=run.url, timeout=30, headers=admin_headers(tmp_path))
     initial = snapshot(http)
     work: queue.Queue[dict[str, Any]] = queue.Queue()
     for plan in plans(rng, ORDERS):
         work.put(plan)
     results: dict[str, Any] = {}
-    clients = [Client(run.url, work, results) for _ in range(6)]
+    clients = [
+        Client(run.url, work, results, admin_headers(tmp_path, f"client-{i}")) for i in range(6)
+    ]
     for c in clients:
         c.start()
     crashes = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import cleave
+from shop.access import ADMIN
 from shop.contracts.billing import BillingV2
 from shop.contracts.catalog import Catalog
 from shop.contracts.inventory import Inventory
@@ -22,12 +23,16 @@ def _order_status(order: OrderView) -> int:
     return 202 if order.status == "pending" else 201
 
 
+# Catalog reads are public; everything else needs a token (the default, auth="user"),
+# and each owning service shows a customer only its own account (shop.access).
 gateway = cleave.Gateway(title="Cleave shop", version="1.0.0")
-gateway.get("/v1/products", Catalog.list_products, unwrap="products")
-gateway.get("/v1/products/{sku}", Catalog.get_product)
-gateway.get("/v1/inventory/{sku}", Inventory.get_stock)
+gateway.get("/v1/products", Catalog.list_products, unwrap="products", auth="public")
+gateway.get("/v1/products/{sku}", Catalog.get_product, auth="public")
+gateway.get("/v1/inventory/{sku}", Inventory.get_stock, auth="public")
 # The public API stays v1 while it calls billing's v2: the two version independently.
-gateway.get("/v1/accounts", BillingV2.list_accounts, unwrap="accounts")
+gateway.get(
+    "/v1/accounts", BillingV2.list_accounts, unwrap="accounts", auth=cleave.Scope(ADMIN)
+)
 gateway.get("/v1/accounts/{account_id}", BillingV2.get_account)
 gateway.post(
     "/v1/orders",

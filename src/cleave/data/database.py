@@ -222,6 +222,9 @@ class Transaction:
         ctx = context.current()
         event_id = os.urandom(12).hex()
         traceparent = ctx.traceparent if ctx is not None else ""
+        # Who caused it: the user the call acts for, or (in a handler) who caused its event.
+        who = None if ctx is None else ctx.identity or ctx.caused_by
+        caused_by = "" if who is None else context.encode_identity(who)
         if tracer.enabled:
             span = tracer.start(
                 f"publish {type(event).__topic__}", PRODUCER, self.db.service, traceparent
@@ -238,6 +241,7 @@ class Transaction:
                 "payload": to_msgpack(event),
                 "traceparent": traceparent,
                 "created_at": time.time(),
+                "caused_by": caused_by,
             }
         )
 
@@ -286,6 +290,7 @@ _OUTBOX_INSERT = Prepared(
         payload=sa.bindparam("payload"),
         traceparent=sa.bindparam("traceparent"),
         created_at=sa.bindparam("created_at"),
+        caused_by=sa.bindparam("caused_by"),
     )
 )
 
@@ -625,6 +630,7 @@ class Database:
 
     def _schema(self, connection: sa.Connection) -> None:
         schema.metadata.create_all(connection)
+        schema.upgrade(connection)
         if self.migrations is not None:
             from cleave.data.migrations import upgrade_sync
 

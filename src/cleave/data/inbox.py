@@ -25,7 +25,7 @@ import msgspec
 import sqlalchemy as sa
 import structlog
 
-from cleave.context import CallContext, _current
+from cleave.context import CAUSED_BY, CallContext, _current, decode_identity
 from cleave.data import deadletters
 from cleave.data.prepared import Prepared
 from cleave.messages import Event, from_msgpack
@@ -218,12 +218,14 @@ class EventConsumer:
                 span.attributes["event_id"] = delivery.msg_id
                 span.attributes["attempt"] = delivery.attempt
                 id_attributes(event, span.attributes)
+        # A handler acts as the system (identity None); who caused the event is for audit.
         ctx = CallContext(
             time.time() + self.timeout,
             f"evt-{delivery.msg_id}",
             self.service,
             traceparent,
             service=self.service,
+            caused_by=decode_identity(delivery.headers.get(CAUSED_BY, "")),
         )
         token = _current.set(ctx)
         try:

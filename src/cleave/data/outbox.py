@@ -33,6 +33,7 @@ import structlog
 
 from cleave._aio import cancel_and_wait
 from cleave._backoff import backoff
+from cleave.context import CAUSED_BY
 from cleave.data import schema
 from cleave.data.lease import Lease
 from cleave.data.prepared import Prepared
@@ -85,7 +86,9 @@ class OutboxRelay:
         self._held_back = False
         t = schema.outbox
         self._select = Prepared(
-            sa.select(t.c.seq, t.c.event_id, t.c.subject, t.c.payload, t.c.traceparent)
+            sa.select(
+                t.c.seq, t.c.event_id, t.c.subject, t.c.payload, t.c.traceparent, t.c.caused_by
+            )
             .where(t.c.seq > sa.bindparam("after"))
             .order_by(t.c.seq)
             .limit(batch)
@@ -157,8 +160,10 @@ class OutboxRelay:
             return 0
         await self.db.durable()  # never publish a commit that a power cut could still undo
         outgoing, spans = [], []
-        for _, event_id, subject, payload, traceparent in rows:
+        for _, event_id, subject, payload, traceparent, caused_by in rows:
             headers = {"Cleave-Event-Id": event_id}
+            if caused_by:
+                headers[CAUSED_BY] = caused_by
             if traceparent and tracer.enabled:
                 # The relay joins the trace of the transaction that published the event.
                 span = tracer.start(

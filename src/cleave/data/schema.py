@@ -18,7 +18,16 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["dead_letters", "idempotency", "inbox", "leases", "metadata", "outbox", "sagas"]
+__all__ = [
+    "dead_letters",
+    "idempotency",
+    "inbox",
+    "leases",
+    "metadata",
+    "outbox",
+    "sagas",
+    "upgrade",
+]
 
 metadata = sa.MetaData()
 
@@ -31,6 +40,8 @@ outbox = sa.Table(
     sa.Column("payload", sa.LargeBinary, nullable=False),
     sa.Column("traceparent", sa.String(64), nullable=False, default=""),
     sa.Column("created_at", sa.Float, nullable=False),
+    # Who caused the event (an Identity as JSON; "" for the system): see cleave.context.
+    sa.Column("caused_by", sa.Text, nullable=False, server_default=""),
 )
 
 inbox = sa.Table(
@@ -103,3 +114,12 @@ dead_letters = sa.Table(
     sa.Column("replay_requested_at", sa.Float, nullable=True, index=True),
     sa.UniqueConstraint("consumer", "event_id", name="cleave_dead_letters_event"),
 )
+
+
+def upgrade(connection: sa.Connection) -> None:
+    """Add the columns newer Cleave versions gave its tables to a database made by an older one."""
+    columns = {c["name"] for c in sa.inspect(connection).get_columns(outbox.name)}
+    if "caused_by" not in columns:
+        connection.execute(
+            sa.text(f"ALTER TABLE {outbox.name} ADD COLUMN caused_by TEXT NOT NULL DEFAULT ''")
+        )

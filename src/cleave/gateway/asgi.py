@@ -6,12 +6,17 @@ field; no input produces a 500 or a traceback; a method that a path does
 not serve is a 405 whose ``Allow`` names every method it does. Each request
 is the edge of a call tree: it gets a deadline (the app's timeout), a
 request id (from ``Idempotency-Key`` when the route honours it, so a repeat
-is the same call) and a trace parent (``traceparent`` header, if any).
+is the same call), a trace parent (``traceparent`` header, if any) and the
+caller's identity, from its bearer token (:mod:`cleave.gateway.auth`), which
+every call made for it carries. Before the call, the caller (its token's
+subject, or its address without a valid token) takes a request from its rate
+limit (:mod:`cleave.gateway.limits`): 429 with ``Retry-After`` when it is spent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,8 +31,10 @@ from starlette.routing import Route as StarletteRoute
 from starlette.routing import request_response
 from starlette.types import Receive, Scope, Send
 
-from cleave.context import CallContext, _current, new_request_id
+from cleave.context import CallContext, Identity, _current, new_request_id
 from cleave.errors import CallError, DeadlineExceeded, RemoteError, Unavailable
+from cleave.gateway.auth import Authenticator, AuthFailure
+from cleave.gateway.limits import RateLimiter
 from cleave.gateway.openapi import openapi
 from cleave.gateway.routes import Gateway, Route, idempotency_key_problem
 from cleave.messages import to_json
@@ -62,13 +69,17 @@ def _error(
     return Response(body, status, headers=headers, media_type=_JSON)
 
 
-def _request_id(request: Request, route: Route) -> str:
+def _request_id(request: Request, route: Route, identity: Identity) -> str:
     if route.idempotency_key:
         key = request.headers.get("idempotency-key")
         if key is not None:
             problem = idempotency_key_problem(key)
             if problem:
                 raise _BadRequest(400, "InvalidArgument", problem)
+            if identity.subject:
+                # Each caller's keys are its own: another's key can neither clash nor replay.
+                who = hashlib.blake2b(identity.subject.encode(), digest_size=6).hexdigest()
+                return f"idem:{route.name}:{who}:{key}"
             return f"idem:{route.name}:{key}"
     return new_request_id()
 
@@ -142,7 +153,48 @@ async def _read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def _endpoint(route: Route, router: Router, timeout: float, access_log: bool) -> Endpoint:
+class _Edge:
+    """What every endpoint checks before the call: the caller's token and rate."""
+
+    def __init__(self, auth: Authenticator, limiter: RateLimiter) -> None:
+        self.auth = auth
+        self.limiter = limiter
+
+    async def admit(self, request: Request, route: Route) -> Identity | Response:
+        """The caller's identity, or the response that refuses it (401, 403, 429, 503)."""
+        address = request.client.host if request.client is not None else "unknown"
+        try:
+            identity = await self.auth.identify(request.headers.get("authorization"), route.auth)
+        except AuthFailure as exc:
+            # Refused requests count against the address: guessing tokens is rate limited.
+            return self._limited(f"addr:{address}") or self._refused(exc)
+        key = f"sub:{identity.subject}" if identity.subject else f"addr:{address}"
+        return self._limited(key) or identity
+
+    def _limited(self, key: str) -> Response | None:
+        wait = self.limiter.wait(key)
+        if not wait:
+            return None
+        return _error(
+            429,
+            "TooManyRequests",
+            f"over the limit of {self.limiter.rate:g} requests per second (bursts of "
+            f"{self.limiter.burst:g}) for this caller; retry after Retry-After seconds",
+            "",
+            {"retry-after": self.limiter.retry_after(wait)},
+        )
+
+    @staticmethod
+    def _refused(exc: AuthFailure) -> Response:
+        if exc.status == 503:
+            return _error(503, Unavailable.kind, exc.message, "", {"retry-after": "5"})
+        kind = "Unauthenticated" if exc.status == 401 else "PermissionDenied"
+        return _error(exc.status, kind, exc.message, "", {"www-authenticate": exc.challenge})
+
+
+def _endpoint(
+    route: Route, router: Router, timeout: float, access_log: bool, edge: _Edge
+) -> Endpoint:
     method = route.method
     # The gateway is a caller like any other: [gateway.calls.<service>] tunes this policy.
     policy = router.policy("gateway", method)
@@ -181,12 +233,17 @@ def _endpoint(route: Route, router: Router, timeout: float, access_log: bool) ->
     async def handle(request: Request, span: Span | None, traceparent: str) -> Response:
         request_id = ""
         try:
-            request_id = _request_id(request, route)
+            admitted = await edge.admit(request, route)
+            if isinstance(admitted, Response):
+                return admitted
+            request_id = _request_id(request, route, admitted)
             message = await _decode(request, route)
             if span is not None:
                 span.attributes["request_id"] = request_id
                 id_attributes(message, span.attributes)
-            ctx = CallContext(time.time() + timeout, request_id, "gateway", traceparent)
+            ctx = CallContext(
+                time.time() + timeout, request_id, "gateway", traceparent, identity=admitted
+            )
             token = _current.set(ctx)
             try:
                 async with asyncio.timeout(timeout):
@@ -266,10 +323,21 @@ class _Path:
 
 
 def build_asgi(
-    gateway: Gateway, router: Router, *, timeout: float, app_name: str, access_log: bool = False
+    gateway: Gateway,
+    router: Router,
+    *,
+    timeout: float,
+    app_name: str,
+    auth: Authenticator,
+    limiter: RateLimiter,
+    access_log: bool = False,
 ) -> Starlette:
-    """The gateway's Starlette app, calling contract methods through ``router``."""
+    """The gateway's Starlette app, calling contract methods through ``router``.
+
+    ``auth`` verifies callers' tokens; ``limiter`` holds their rate limits.
+    """
     document = to_json(openapi(gateway, title=app_name))
+    edge = _Edge(auth, limiter)
 
     async def openapi_json(request: Request) -> Response:
         return Response(document, media_type=_JSON)
@@ -280,7 +348,9 @@ def build_asgi(
     # One Starlette route per path, whatever its methods: a 405 must name all of them.
     by_path: dict[str, dict[str, Endpoint]] = {}
     for r in gateway.routes:
-        by_path.setdefault(r.path, {})[r.http_method] = _endpoint(r, router, timeout, access_log)
+        by_path.setdefault(r.path, {})[r.http_method] = _endpoint(
+            r, router, timeout, access_log, edge
+        )
     by_path.setdefault("/openapi.json", {})["GET"] = openapi_json
     by_path.setdefault("/healthz", {})["GET"] = healthz
     routes = [StarletteRoute(path, _Path(table)) for path, table in by_path.items()]

@@ -5,7 +5,10 @@ and constraints (``Meta(ge=1)``, ``min_length``...) into JSON Schema, so the
 document cannot drift from what the gateway validates. Each operation lists
 the error statuses the gateway can answer it with, every one with the error
 body's schema (``{"error": {"kind", "message", "request_id"}}``), the
-headers it reads and sets, and its links (``Gateway.route(links=...)``).
+headers it reads and sets, its links (``Gateway.route(links=...)``) and who
+may call it: the ``bearer`` security scheme (a JWT) is required by every
+route but public ones, where it is optional; a route that needs a scope
+names it (OpenAPI 3.1 allows role names for an http scheme).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import msgspec
 
 from cleave.contracts import MethodSpec
 from cleave.errors import DefinitionError
+from cleave.gateway.access import Scope
 from cleave.gateway.routes import IDEMPOTENCY_KEY_SCHEMA, Gateway, Route
 
 __all__ = ["openapi"]
@@ -56,6 +60,10 @@ _REQUEST_ID: dict[str, Any] = {
     "description": "The request's id: the call tree and its logs carry it.",
     "schema": {"type": "string"},
 }
+_CHALLENGE: dict[str, Any] = {
+    "description": "How to authenticate, and what was wrong (RFC 6750).",
+    "schema": {"type": "string"},
+}
 _RETRY_AFTER: dict[str, Any] = {
     "description": "Seconds to wait before trying again.",
     "required": True,
@@ -81,8 +89,25 @@ def openapi(gateway: Gateway, *, title: str) -> dict[str, Any]:
             "description": gateway.description,
         },
         "paths": paths,
-        "components": {"schemas": components},
+        "components": {"schemas": components, "securitySchemes": {"bearer": _BEARER}},
     }
+
+
+_BEARER: dict[str, Any] = {
+    "type": "http",
+    "scheme": "bearer",
+    "bearerFormat": "JWT",
+    "description": (
+        "A JWT from the app's issuer (`[auth]` in cleave.toml); locally, from "
+        "`cleave token <app> --sub <account id>`."
+    ),
+}
+
+
+def _security(route: Route) -> list[dict[str, list[str]]]:
+    if route.auth == "public":
+        return [{}, {"bearer": []}]  # a token is optional
+    return [{"bearer": [route.auth.name] if isinstance(route.auth, Scope) else []}]
 
 
 def operation_id(method: MethodSpec) -> str:
@@ -123,6 +148,7 @@ def _operation(route: Route, components: dict[str, Any], gateway: Gateway) -> di
         "summary": route.summary or f"{route.method.qualname}",
         "tags": [route.method.contract.name],
         "parameters": params,
+        "security": _security(route),
         "responses": _responses(route, components, gateway),
     }
     if route.has_body:
@@ -152,8 +178,10 @@ def _responses(route: Route, components: dict[str, Any], gateway: Gateway) -> di
             out[str(status)]["links"] = links
     for code, text in sorted(_errors(route).items()):
         headers = {"X-Request-Id": _REQUEST_ID}
-        if code == "503":
+        if code in ("429", "503"):
             headers["Retry-After"] = _RETRY_AFTER
+        if code in ("401", "403"):
+            headers["WWW-Authenticate"] = _CHALLENGE
         out[code] = {
             "description": text,
             "headers": headers,
@@ -173,6 +201,13 @@ def _errors(route: Route) -> dict[str, str]:
         add(400, "The request body is not valid JSON (InvalidJSON).")
     if route.idempotency_key:
         add(400, "The Idempotency-Key header breaks its format (InvalidArgument).")
+    if route.auth == "public":
+        add(401, "A bearer token was sent, and it is not valid (Unauthenticated).")
+    else:
+        add(401, "No bearer token, or one that is not valid (Unauthenticated).")
+        if isinstance(route.auth, Scope):
+            add(403, f"The token does not grant the {route.auth.name!r} scope (PermissionDenied).")
+        add(403, "The caller may not do this (PermissionDenied).")
     add(404, "The thing named does not exist (NotFound).")
     add(409, "The request clashes with current state (Conflict).")
     if route.idempotency_key:
@@ -187,6 +222,7 @@ def _errors(route: Route) -> dict[str, str]:
     for kind, error in sorted(route.method.contract.errors.items()):
         doc = (error.__doc__ or "").strip().split("\n")[0]
         add(error.http_status, f"{doc} ({kind})." if doc else f"{kind}.")
+    add(429, "The caller sent too many requests; retry after Retry-After (TooManyRequests).")
     add(502, "A service failed; its logs hold the details under the request id (RemoteError).")
     add(503, "No service could take the request now; retry after Retry-After (Unavailable).")
     add(

@@ -3,8 +3,9 @@
 ::
 
     gateway = cleave.Gateway(title="Shop", version="1.0.0")
-    gateway.get("/v1/products/{sku}", Catalog.get_product)
-    gateway.get("/v1/products", Catalog.list_products, unwrap="products")
+    gateway.get("/v1/products/{sku}", Catalog.get_product, auth="public")
+    gateway.get("/v1/products", Catalog.list_products, unwrap="products", auth="public")
+    gateway.get("/v1/accounts", Billing.list_accounts, auth=cleave.Scope("admin"))
     gateway.post(
         "/v1/orders",
         Orders.place_order,
@@ -18,6 +19,12 @@ The request message is filled from the path parameters, the query string
 then validated against the message type, so a bad field is answered with
 422 and a message naming it (``$.items[0].qty``). The response message is
 sent as JSON, or one of its fields with ``unwrap=``.
+
+``auth=`` says who may call a route: ``"public"`` (anyone), ``"user"``
+(any caller with a valid token: the default, so a route is never public by
+oversight) or ``cleave.Scope("admin")`` (a token granting that scope). See
+:mod:`cleave.gateway.auth`. The route only lets callers in: the service
+decides what each caller may see (``cleave.current().identity``).
 
 ``links=`` says where a response leads, as OpenAPI links (clients and
 fuzzers follow them): each names a contract method that another route
@@ -36,6 +43,7 @@ import msgspec
 
 from cleave.contracts import ContractSpec, MethodSpec, method_of
 from cleave.errors import DefinitionError
+from cleave.gateway.access import Access, access_problem
 from cleave.messages import Message
 
 __all__ = ["IDEMPOTENCY_KEY_SCHEMA", "Gateway", "Route", "idempotency_key_problem"]
@@ -93,7 +101,13 @@ class Route:
         summary: str,
         statuses: tuple[int, ...] = (),
         links: Mapping[str, LinkTarget] | None = None,
+        auth: Access = "user",
     ) -> None:
+        problem = access_problem(auth)
+        if problem:
+            raise DefinitionError(f"route {http_method} {path}: {problem}")
+        #: Who may call it: "public", "user" (any valid token) or a Scope.
+        self.auth = auth
         self.http_method = http_method
         self.path = path
         self.method = method
@@ -165,8 +179,12 @@ class Gateway:
         summary: str = "",
         statuses: tuple[int, ...] = (),
         links: Mapping[str, LinkTarget] | None = None,
+        auth: Access = "user",
     ) -> Route:
-        """Map ``http_method path`` to the contract method ``call`` (e.g. ``Billing.charge``)."""
+        """Map ``http_method path`` to the contract method ``call`` (e.g. ``Billing.charge``).
+
+        ``auth``: who may call it, ``"public"``, ``"user"`` (default) or ``Scope(name)``.
+        """
         http_method = http_method.upper()
         if not path.startswith("/"):
             raise DefinitionError(f"route path {path!r} must start with '/'")
@@ -182,6 +200,7 @@ class Gateway:
             summary=summary or (getattr(call, "__doc__", None) or "").strip().split("\n")[0],
             statuses=statuses,
             links=links,
+            auth=auth,
         )
         self.routes.append(route)
         return route

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from cleave.gateway.asgi import build_asgi
+from cleave.gateway.auth import Authenticator
+from cleave.gateway.limits import RateLimiter
 from cleave.observability.tracing import tracer
 from cleave.runtime.guard import Guard
 from cleave.runtime.host import Host
@@ -58,12 +60,17 @@ class Monolith:
         app = self.loaded.app
         if app.gateway is None:
             raise LookupError(f"app {app.name} declares no gateway")
+        plan = self.loaded.plan
         return build_asgi(
             app.gateway,
             self.host.router,
-            timeout=self.loaded.plan.runtime.timeout,
+            timeout=plan.runtime.timeout,
             app_name=app.name,
-            access_log=self.loaded.plan.observability.access_log,
+            auth=Authenticator(
+                plan.auth, app_name=app.name, root=self.loaded.root, state_dir=self.loaded.state_dir
+            ),
+            limiter=RateLimiter(plan.gateway.rate, plan.gateway.burst),
+            access_log=plan.observability.access_log,
         )
 
 

@@ -125,7 +125,14 @@ class Router:
         if parent is not None:
             if parent.deadline < deadline:
                 deadline = parent.deadline
-            ctx = CallContext(deadline, parent.child_request_id(), caller, parent.traceparent)
+            # The end user travels on; an event's causer does not become the acting user.
+            ctx = CallContext(
+                deadline,
+                parent.child_request_id(),
+                caller,
+                parent.traceparent,
+                identity=parent.identity,
+            )
         else:
             ctx = CallContext(deadline, new_request_id(), caller)
         tight = _tightened.get()
@@ -234,7 +241,9 @@ class Router:
             await asyncio.sleep(pause)
             attempt += 1
             # The same call again: same id, same deadline, a fresh count for its children.
-            ctx = CallContext(ctx.deadline, ctx.request_id, ctx.caller, ctx.traceparent)
+            ctx = CallContext(
+                ctx.deadline, ctx.request_id, ctx.caller, ctx.traceparent, identity=ctx.identity
+            )
             probe = False
             try:
                 if breaker is not None:
@@ -285,7 +294,11 @@ class Router:
             )
         if attempt_timeout is not None and time.time() + attempt_timeout < ctx.deadline:
             ctx = CallContext(
-                time.time() + attempt_timeout, ctx.request_id, ctx.caller, ctx.traceparent
+                time.time() + attempt_timeout,
+                ctx.request_id,
+                ctx.caller,
+                ctx.traceparent,
+                identity=ctx.identity,
             )
         return await self.remote.call(method, request, ctx)
 

@@ -72,6 +72,8 @@ async def _serve(
     loaded: LoadedApp, args: argparse.Namespace, stop: asyncio.Event, notify: _Notifier
 ) -> None:
     from cleave.gateway.asgi import build_asgi
+    from cleave.gateway.auth import Authenticator
+    from cleave.gateway.limits import RateLimiter
     from cleave.runtime.host import Host
     from cleave.transport.jetstream import JetStreamBroker
     from cleave.transport.nats import NatsRpcClient, NatsRpcServer, connect
@@ -122,6 +124,10 @@ async def _serve(
                 host.router,
                 timeout=plan.runtime.timeout,
                 app_name=app.name,
+                auth=Authenticator(
+                    plan.auth, app_name=app.name, root=loaded.root, state_dir=loaded.state_dir
+                ),
+                limiter=RateLimiter(plan.gateway.rate, plan.gateway.burst),
                 access_log=obs.access_log,
             )
             sock = socket.socket(fileno=args.listen_fd) if args.listen_fd is not None else None

@@ -50,7 +50,7 @@ from cleave.runtime.monolith import Monolith
 from cleave.runtime.router import make_client
 from cleave.service import Service, spec_of_service
 
-__all__ = ["Harness", "NatsHarness", "build", "published"]
+__all__ = ["Harness", "NatsHarness", "build", "published", "token"]
 
 S = TypeVar("S", bound=Service)
 C = TypeVar("C")
@@ -127,6 +127,24 @@ async def published(instance: Service) -> list[Event]:
     return [from_msgpack(r.payload, by_subject[r.subject]) for r in rows]
 
 
+def token(
+    state_dir: Path | str,
+    subject: str,
+    *scopes: str,
+    audience: str,
+    ttl: float = 3600.0,
+) -> str:
+    """A dev-issuer token for ``subject`` that an app run with ``state_dir`` accepts.
+
+    For tests of a running app (``cleave run`` / ``cleave up`` with that state
+    folder); ``audience`` is the app's name unless ``[auth] audience`` says
+    otherwise. The key is made on first use, as ``cleave token`` does.
+    """
+    from cleave.gateway.devissuer import mint
+
+    return mint(Path(state_dir), subject=subject, audience=audience, scopes=scopes, ttl=ttl)
+
+
 class Harness:
     """A whole app in this process (the monolith placement), for tests."""
 
@@ -140,6 +158,7 @@ class Harness:
         state = Path(state_dir)
         self.loaded = LoadedApp(app, Path(os.getcwd()), plan or Plan(), state)
         self.monolith = Monolith(self.loaded)
+        self._asgi: Any = None
 
     @property
     def host(self) -> Host:
@@ -147,8 +166,28 @@ class Harness:
 
     @property
     def asgi(self) -> Any:
-        """The gateway as an ASGI app (e.g. for ``httpx.ASGITransport``)."""
-        return self.monolith.asgi()
+        """The gateway as an ASGI app (e.g. for ``httpx.ASGITransport``).
+
+        Built once, like a server's: its key cache and rate limits last the harness's life.
+        """
+        if self._asgi is None:
+            self._asgi = self.monolith.asgi()
+        return self._asgi
+
+    def token(self, subject: str, *scopes: str, ttl: float = 3600.0) -> str:
+        """A token for ``subject`` (e.g. an account id) from this harness's dev issuer.
+
+        ::
+
+            headers = {"authorization": f"Bearer {h.token('acc-alice')}"}
+        """
+        return token(
+            self.loaded.state_dir,
+            subject,
+            *scopes,
+            audience=self.loaded.plan.auth.audience or self.loaded.app.name,
+            ttl=ttl,
+        )
 
     def client(self, contract: type[C], caller: str = "test") -> C:
         """A typed client of ``contract``, calling as ``caller``."""
@@ -227,10 +266,12 @@ class NatsHarness:
         if state_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="cleave-harness-")
             state_dir = self._tmp.name
-        self.data_dir = Path(state_dir) / "data"
+        self.state_dir = Path(state_dir)
+        self.data_dir = self.state_dir / "data"
         self.hosts: dict[str, Host] = {}
         self._connections: list[Any] = []
         self._edge: Host | None = None
+        self._asgi: Any = None
 
     async def _host(self, names: list[str], label: str) -> Host:
         from cleave.transport.jetstream import JetStreamBroker
@@ -268,15 +309,29 @@ class NatsHarness:
     @property
     def asgi(self) -> Any:
         from cleave.gateway.asgi import build_asgi
+        from cleave.gateway.auth import Authenticator
+        from cleave.gateway.limits import RateLimiter
 
         if self.app.gateway is None:
             raise LookupError(f"app {self.app.name} declares no gateway")
-        return build_asgi(
+        if self._asgi is not None:
+            return self._asgi
+        self._asgi = build_asgi(
             self.app.gateway,
             self.edge.router,
             timeout=self.plan.runtime.timeout,
             app_name=self.app.name,
+            auth=Authenticator(
+                self.plan.auth, app_name=self.app.name, root=Path.cwd(), state_dir=self.state_dir
+            ),
+            limiter=RateLimiter(self.plan.gateway.rate, self.plan.gateway.burst),
         )
+        return self._asgi
+
+    def token(self, subject: str, *scopes: str, ttl: float = 3600.0) -> str:
+        """A token for ``subject`` (e.g. an account id) from this harness's dev issuer."""
+        audience = self.plan.auth.audience or self.app.name
+        return token(self.state_dir, subject, *scopes, audience=audience, ttl=ttl)
 
     def client(self, contract: type[C], caller: str = "test") -> C:
         client: C = make_client(spec_of(contract), self.edge.router, caller)

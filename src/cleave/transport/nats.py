@@ -158,7 +158,11 @@ class NatsRpcClient:
         self._refusals = refusals_of(nc)
 
     async def call(self, method: MethodSpec, request: Message, ctx: CallContext) -> Message:
-        data = _encode(Request(ctx.deadline, ctx.request_id, ctx.caller, ctx.traceparent, request))
+        data = _encode(
+            Request(
+                ctx.deadline, ctx.request_id, ctx.caller, ctx.traceparent, request, ctx.identity
+            )
+        )
         timeout = ctx.deadline - time.time()
         subject = subject_for(self.prefix, method.subject)
         waiting = self._refusals.watch(subject)
@@ -338,7 +342,9 @@ class NatsRpcServer:
                     method.name,
                 )
             return  # past its deadline: the caller has given up already
-        ctx = CallContext(env.deadline, env.request_id, env.caller, env.traceparent)
+        ctx = CallContext(
+            env.deadline, env.request_id, env.caller, env.traceparent, identity=env.identity
+        )
         task = asyncio.current_task()
         assert task is not None
         # The watchdog cancels a call past its deadline: cheaper than a timer per call.

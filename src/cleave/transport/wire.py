@@ -1,6 +1,8 @@
 """The RPC wire format: MessagePack envelopes around the contract messages.
 
-A request is ``[deadline, request_id, caller, traceparent, body]``; a reply is
+A request is ``[deadline, request_id, caller, traceparent, body, identity]``
+(``identity``, an :class:`~cleave.context.Identity` or null, was added last and
+is optional, so an older peer's five-item requests still decode); a reply is
 ``[body, null]`` or ``[null, error]`` with ``error`` an
 :class:`~cleave.errors.ErrorInfo`. The call context travels in the body
 rather than in NATS headers: nats-py parses headers in Python, which halved
@@ -18,6 +20,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
+from cleave.context import Identity
 from cleave.errors import ErrorInfo
 
 __all__ = ["Reply", "Request", "reply_decoder", "request_decoder"]
@@ -31,6 +34,8 @@ class Request(msgspec.Struct, Generic[T], frozen=True, array_like=True):
     caller: str
     traceparent: str
     body: T
+    #: The end user the call acts for (None: the system).
+    identity: Identity | None = None
 
 
 class Reply(msgspec.Struct, Generic[T], frozen=True, array_like=True):

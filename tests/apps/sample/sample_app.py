@@ -255,13 +255,15 @@ class AuditService(cleave.Service, implements=Audit):
             raise RuntimeError("audit failed on purpose (after writing: must roll back)")
 
 
+# Public routes: the sample app tests the gateway's mapping and the runtime; who may call
+# what is tested on the shop (tests/gateway/test_auth.py, tests/shop/test_authorization.py).
 gateway = cleave.Gateway(title="Sample", version="1.2.3")
-gateway.post("/greet", Greeter.greet, status=201)
-gateway.get("/greet/{name}", Greeter.greet)
-gateway.post("/fail", Greeter.fail)
-gateway.post("/sleep", Greeter.sleep)
-gateway.post("/add", Greeter.add, idempotency_key=True)
-gateway.get("/hello", Front.hello)
-gateway.get("/audit", Audit.names, unwrap="names")
+gateway.post("/greet", Greeter.greet, status=201, auth="public")
+gateway.get("/greet/{name}", Greeter.greet, auth="public")
+gateway.post("/fail", Greeter.fail, auth="public")
+gateway.post("/sleep", Greeter.sleep, auth="public")
+gateway.post("/add", Greeter.add, idempotency_key=True, auth="public")
+gateway.get("/hello", Front.hello, auth="public")
+gateway.get("/audit", Audit.names, unwrap="names", auth="public")
 
 app = cleave.App("sample", services=[GreeterService, FrontService, AuditService], gateway=gateway)

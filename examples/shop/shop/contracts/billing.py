@@ -13,6 +13,7 @@ from typing import Annotated, Literal, Protocol
 import msgspec
 
 import cleave
+from shop.contracts.paging import MAX_PAGE, After, PageSize
 
 AccountId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 #: An ISO 4217 code, like "EUR".
@@ -29,7 +30,10 @@ class AccountList(cleave.Message):
 
 
 class ListAccounts(cleave.Message):
-    pass
+    #: At most this many accounts, by id.
+    limit: PageSize = MAX_PAGE
+    #: Accounts after this id (the last of the previous page).
+    after: After = ""
 
 
 class GetAccount(cleave.Message):
@@ -91,12 +95,12 @@ class Billing(Protocol):
 
     @cleave.readonly
     async def list_accounts(self, req: ListAccounts) -> AccountList:
-        """Every account (the demo's admin view)."""
+        """Accounts by id, a page at a time (the admin's view: needs the admin scope)."""
         ...
 
     @cleave.readonly
     async def get_account(self, req: GetAccount) -> Account:
-        """One account; NotFound if unknown."""
+        """One account; NotFound if unknown, or not the caller's."""
         ...
 
     @cleave.idempotent

@@ -7,6 +7,7 @@ from typing import Annotated, Protocol
 import msgspec
 
 import cleave
+from shop.contracts.paging import MAX_PAGE, After, PageSize
 
 Sku = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 
@@ -22,7 +23,10 @@ class ProductList(cleave.Message):
 
 
 class ListProducts(cleave.Message):
-    pass
+    #: At most this many products, by SKU.
+    limit: PageSize = MAX_PAGE
+    #: Products after this SKU (the last of the previous page).
+    after: After = ""
 
 
 class GetProduct(cleave.Message):
@@ -50,7 +54,7 @@ class Catalog(Protocol):
 
     @cleave.readonly
     async def list_products(self, req: ListProducts) -> ProductList:
-        """Every product, by SKU."""
+        """Products by SKU, a page at a time."""
         ...
 
     @cleave.readonly

@@ -7,6 +7,7 @@ from typing import Annotated, Literal, Protocol
 import msgspec
 
 import cleave
+from shop.contracts.paging import MAX_PAGE, After, PageSize
 
 OrderStatus = Literal["pending", "confirmed", "cancelled"]
 
@@ -36,6 +37,10 @@ class OrderView(cleave.Message):
 
 class ListOrders(cleave.Message):
     account_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    #: At most this many orders.
+    limit: PageSize = MAX_PAGE
+    #: Orders placed after this one (the last of the previous page); "" for the first page.
+    after: After = ""
 
 
 class OrderList(cleave.Message):
@@ -71,5 +76,5 @@ class Orders(Protocol):
 
     @cleave.readonly
     async def list_orders(self, req: ListOrders) -> OrderList:
-        """Every order of one account, oldest first."""
+        """The orders of one account, oldest first, a page (`limit`, `after`) at a time."""
         ...

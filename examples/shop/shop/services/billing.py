@@ -18,6 +18,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 import cleave
+from shop.access import is_admin, may_see
 from shop.contracts.billing import (
     Account,
     AccountList,
@@ -100,8 +101,17 @@ class BillingService(cleave.Service, implements=BillingV2, also=[Billing]):
             )
 
     async def list_accounts(self, req: ListAccounts) -> AccountList:
+        if not is_admin():
+            raise cleave.PermissionDenied("listing accounts needs the admin scope")
         async with self.db.read() as tx:
-            rows = (await tx.execute(sa.select(accounts).order_by(accounts.c.account_id))).all()
+            rows = (
+                await tx.execute(
+                    sa.select(accounts)
+                    .where(accounts.c.account_id > req.after)
+                    .order_by(accounts.c.account_id)
+                    .limit(req.limit)
+                )
+            ).all()
         return AccountList(
             accounts=tuple(
                 Account(account_id=r.account_id, balance_cents=r.balance_cents) for r in rows
@@ -109,8 +119,10 @@ class BillingService(cleave.Service, implements=BillingV2, also=[Billing]):
         )
 
     async def get_account(self, req: GetAccount) -> Account:
-        async with self.db.read() as tx:
-            row = await tx.fetch_one(FIND_ACCOUNT, {"account_id": req.account_id})
+        row = None
+        if may_see(req.account_id):  # another's account looks like an unknown one
+            async with self.db.read() as tx:
+                row = await tx.fetch_one(FIND_ACCOUNT, {"account_id": req.account_id})
         if row is None:
             raise cleave.NotFound(f"no account {req.account_id!r}")
         return Account(account_id=row.account_id, balance_cents=row.balance_cents)

@@ -50,7 +50,14 @@ class CatalogService(cleave.Service, implements=Catalog):
 
     async def list_products(self, req: ListProducts) -> ProductList:
         async with self.db.read() as tx:
-            rows = (await tx.execute(sa.select(products).order_by(products.c.sku))).all()
+            rows = (
+                await tx.execute(
+                    sa.select(products)
+                    .where(products.c.sku > req.after)
+                    .order_by(products.c.sku)
+                    .limit(req.limit)
+                )
+            ).all()
         return ProductList(
             products=tuple(Product(sku=r.sku, name=r.name, price_cents=r.price_cents) for r in rows)
         )

@@ -9,13 +9,14 @@ from pathlib import Path
 import sqlalchemy as sa
 
 import cleave
+from shop.access import is_admin, may_see
 from shop.contracts.notifications import (
     ListNotifications,
     Notification,
     NotificationList,
     Notifications,
 )
-from shop.contracts.orders import OrderCancelled, OrderConfirmed
+from shop.contracts.orders import GetOrder, OrderCancelled, OrderConfirmed, Orders
 from shop.contracts.shipping import ShipmentCreated
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -48,6 +49,8 @@ NEW_NOTIFICATION = cleave.Prepared(
 
 class NotificationsService(cleave.Service, implements=Notifications):
     db = cleave.Database(metadata, migrations=MIGRATIONS / "notifications")
+    # Only to ask whose an order is, for a customer asking about one not notified yet.
+    orders = cleave.use(Orders)
 
     async def list_notifications(self, req: ListNotifications) -> NotificationList:
         async with self.db.read() as tx:
@@ -58,6 +61,10 @@ class NotificationsService(cleave.Service, implements=Notifications):
                     .order_by(notifications.c.created_at)
                 )
             ).all()
+        if rows and not may_see(rows[0].account_id):
+            raise cleave.NotFound(f"no order {req.order_id!r}")  # another's looks unknown
+        if not rows and not is_admin():
+            await self.orders.get_order(GetOrder(order_id=req.order_id))  # NotFound if not theirs
         return NotificationList(
             notifications=tuple(
                 Notification(

@@ -27,6 +27,7 @@ import structlog
 
 import cleave
 from cleave.context import new_request_id
+from shop.access import may_see
 from shop.contracts.billing import BillingV2, ChargeV2, GetAccount, Refund
 from shop.contracts.catalog import Catalog, GetPrices
 from shop.contracts.inventory import Inventory, Release, Reserve
@@ -126,22 +127,41 @@ class OrdersService(cleave.Service, implements=Orders):
 
     async def get_order(self, req: GetOrder) -> OrderView:
         row = await self._find(ORDER_BY_ID, order_id=req.order_id)
-        if row is None:
+        if row is None or not may_see(row.account_id):  # another's order looks unknown
             raise cleave.NotFound(f"no order {req.order_id!r}")
         return _view(row)
 
     async def list_orders(self, req: ListOrders) -> OrderList:
+        if not may_see(req.account_id):
+            raise cleave.NotFound(f"no account {req.account_id!r}")
+        query = sa.select(orders).where(orders.c.account_id == req.account_id)
         async with self.db.read() as tx:
+            if req.after:
+                # Oldest first: the page starts after the cursor order, ties broken by id.
+                at = await tx.scalar(
+                    sa.select(orders.c.created_at)
+                    .where(orders.c.order_id == req.after)
+                    .where(orders.c.account_id == req.account_id)
+                )
+                if at is None:
+                    return OrderList(orders=())  # no such order of the account: nothing after it
+                query = query.where(
+                    (orders.c.created_at > at)
+                    | ((orders.c.created_at == at) & (orders.c.order_id > req.after))
+                )
             rows = (
                 await tx.execute(
-                    sa.select(orders)
-                    .where(orders.c.account_id == req.account_id)
-                    .order_by(orders.c.created_at)
+                    query.order_by(orders.c.created_at, orders.c.order_id).limit(req.limit)
                 )
             ).all()
         return OrderList(orders=tuple(_view(r) for r in rows))
 
     async def place_order(self, req: PlaceOrder) -> OrderView:
+        if not may_see(req.account_id):
+            # Checked before the idempotency lookup: another's key and order stay unseen.
+            raise cleave.PermissionDenied(
+                f"this token may order only on its own account, not {req.account_id!r}"
+            )
         ctx = cleave.current()
         key = ctx.request_id if ctx is not None else new_request_id()
         fingerprint = hashlib.blake2b(msgspec.msgpack.encode(req), digest_size=16).hexdigest()

@@ -9,7 +9,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 import cleave
-from shop.contracts.orders import OrderConfirmed
+from shop.access import is_admin, may_see
+from shop.contracts.orders import GetOrder, OrderConfirmed, Orders
 from shop.contracts.shipping import (
     ListShipments,
     Shipment,
@@ -42,6 +43,8 @@ NEW_SHIPMENT = cleave.Prepared(
 
 class ShippingService(cleave.Service, implements=Shipping):
     db = cleave.Database(metadata, migrations=MIGRATIONS / "shipping")
+    # Only to ask whose an order is, for a customer asking about one not shipped yet.
+    orders = cleave.use(Orders)
 
     async def list_shipments(self, req: ListShipments) -> ShipmentList:
         async with self.db.read() as tx:
@@ -52,6 +55,12 @@ class ShippingService(cleave.Service, implements=Shipping):
                     .order_by(shipments.c.created_at)
                 )
             ).all()
+        if rows and not may_see(rows[0].account_id):
+            raise cleave.NotFound(f"no order {req.order_id!r}")  # another's looks unknown
+        if not rows and not is_admin():
+            # Nothing shipped yet: the orders service (which the caller's identity reaches
+            # too) says whether the order is the caller's; NotFound if not.
+            await self.orders.get_order(GetOrder(order_id=req.order_id))
         return ShipmentList(
             shipments=tuple(
                 Shipment(
