@@ -30,9 +30,7 @@ gateway.get("/v1/products", Catalog.list_products, unwrap="products", auth="publ
 gateway.get("/v1/products/{sku}", Catalog.get_product, auth="public")
 gateway.get("/v1/inventory/{sku}", Inventory.get_stock, auth="public")
 # The public API stays v1 while it calls billing's v2: the two version independently.
-gateway.get(
-    "/v1/accounts", BillingV2.list_accounts, unwrap="accounts", auth=cleave.Scope(ADMIN)
-)
+gateway.get("/v1/accounts", BillingV2.list_accounts, unwrap="accounts", auth=cleave.Scope(ADMIN))
 gateway.get("/v1/accounts/{account_id}", BillingV2.get_account)
 gateway.post(
     "/v1/orders",

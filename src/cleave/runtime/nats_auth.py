@@ -110,9 +110,10 @@ def group_permissions(loaded: LoadedApp, services: tuple[str, ...], name: str) -
     for service in services:
         spec = app.services[service]
         contract = spec.contract
-        subscribe.add(f"{_rpc(pfx, contract)} {contract.name}")  # its own queue group only
+        for major in spec.contracts:  # every major it serves, side by side
+            subscribe.add(f"{_rpc(pfx, major)} {major.name}")  # its own queue group only
         publish.update(_rpc(pfx, dep) for dep in spec.dependencies.values())
-        if contract.events:
+        if spec.events:
             publish.add(subject_for(pfx, f"cleave.evt.{contract.name}.>"))
             streams.add(stream_for(pfx, contract.stream))
         settings = plan.service(service).subscriptions
@@ -132,7 +133,7 @@ def group_permissions(loaded: LoadedApp, services: tuple[str, ...], name: str) -
         publish.update(f"$JS.API.STREAM.{verb}.{stream}" for verb in ("INFO", "CREATE", "UPDATE"))
     # Names only: a new subscription checks no consumer of the app's streams is left behind.
     for spec in app.services.values():
-        if spec.contract.events:
+        if spec.events:
             publish.add(f"$JS.API.CONSUMER.LIST.{stream_for(pfx, spec.contract.stream)}")
     return Permissions(
         publish=tuple(sorted(publish)), subscribe=tuple(sorted(subscribe)), allow_responses=True
