@@ -23,10 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from load import Load, errors, figures
-from shopcheck import COMMON, RICH, Control, check_invariants, snapshot
+from shopcheck import COMMON, RICH, Api, Control, admin_headers, check_invariants, snapshot
 
 from conftest import SHOP, Up, cli, wait_until
 
@@ -120,19 +119,25 @@ def deploy(up: Up, service: str) -> float:
 
 
 def test_billing_v2_rolls_out_under_load(shop: Up, copy: Path, new_orders: str) -> None:
-    http = httpx.Client(base_url=shop.url, timeout=30)
+    http = Api(base_url=shop.url, timeout=30, headers=admin_headers(shop.state_dir))
     assert majors(shop)["billing"] == {(2, 1)}
     initial = snapshot(http)
-    buy = Load(shop.url, orders, rate=8, threads=4, timeout=DEADLINE + 5).start()
-    time.sleep(3)
+    loader = admin_headers(shop.state_dir, "loader")  # its own rate-limit bucket
+    buy = Load(shop.url, orders, rate=8, threads=4, timeout=DEADLINE + 5, headers=loader).start()
 
+    def answered_more(n: int) -> None:
+        """Wait until ``n`` more orders are answered: the load goes on across each step."""
+        target = len(buy.outcomes) + n
+        wait_until(lambda: len(buy.outcomes) >= target, timeout=60, interval=0.1)
+
+    answered_more(16)
     took = {"billing": deploy(shop, "billing")}
     (copy / "shop" / "services" / "orders.py").write_text(new_orders)
     took["orders"] = deploy(shop, "orders")
-    time.sleep(2)  # orders placed by v2 callers only
+    answered_more(12)  # orders placed by v2 callers only
     billing_without_v1(copy)
     took["billing without v1"] = deploy(shop, "billing")
-    time.sleep(2)
+    answered_more(12)
     buy.stop()
 
     failed = errors(buy.outcomes)
