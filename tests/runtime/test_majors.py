@@ -152,8 +152,8 @@ class AuditV2Service(cleave.Service, implements=Audit):
 
 
 gateway = cleave.Gateway(title="bank", version="1.0.0")
-gateway.post("/v1/deposits", LedgerV1.deposit)
-gateway.post("/v2/deposits", Ledger.deposit)
+gateway.post("/v1/deposits", LedgerV1.deposit, auth="public")
+gateway.post("/v2/deposits", Ledger.deposit, auth="public")
 both = cleave.App("bank", services=[LedgerService, AuditService], gateway=gateway)
 moved = cleave.App("bank", services=[LedgerService, AuditV2Service])
 

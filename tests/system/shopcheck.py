@@ -48,6 +48,10 @@ class Control:
         state = json.loads((state_dir / "run" / "supervisor.json").read_text())
         self.base = f"http://127.0.0.1:{state['control_port']}"
         self.nats_url = state["nats_url"]
+        from cleave.runtime.guard import TOKEN_HEADER, read_token
+
+        #: What a POST to the control API needs: this run's token.
+        self.headers = {TOKEN_HEADER: read_token(state_dir / "run")}
 
     def ps(self) -> dict[str, dict[str, Any]]:
         rows = httpx.get(f"{self.base}/api/ps", timeout=10).json()["processes"]

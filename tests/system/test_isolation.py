@@ -82,11 +82,17 @@ def test_a_paused_billing_does_not_take_the_shop_down(shop: Up) -> None:
     time.sleep(5)
     paused_at = time.monotonic()
     httpx.post(
-        f"{control.base}/api/chaos", json={"action": "pause", "service": "billing"}, timeout=10
+        f"{control.base}/api/chaos",
+        json={"action": "pause", "service": "billing"},
+        headers=control.headers,
+        timeout=10,
     ).raise_for_status()
     time.sleep(8)
     httpx.post(
-        f"{control.base}/api/chaos", json={"action": "resume", "service": "billing"}, timeout=10
+        f"{control.base}/api/chaos",
+        json={"action": "resume", "service": "billing"},
+        headers=control.headers,
+        timeout=10,
     ).raise_for_status()
     resumed_at = time.monotonic()
     time.sleep(4)

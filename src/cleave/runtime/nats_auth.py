@@ -9,7 +9,8 @@ credentials are made on every ``cleave up``: restarting is rotating.
 Permissions are deny-by-default and derived from the app's declarations, so
 they can never drift from the code:
 
-- requests only to the contracts the group's services ``use`` (the gateway:
+- requests only to the contracts the group's services ``use``, any major of
+  them, so moving a caller to a newer major needs no new rights (the gateway:
   the contracts its routes call);
 - serving only its own contracts' subjects, in its own queue group;
 - publishing only its own events, and reaching only its own streams, the
@@ -100,6 +101,11 @@ def _rpc(prefix: str, contract: ContractSpec) -> str:
     return subject_for(prefix, f"{contract.rpc_prefix}.*")
 
 
+def _calls(prefix: str, contract: ContractSpec) -> str:
+    """Requests to every major of ``contract``'s service: ``cleave.rpc.<service>.*.*``."""
+    return subject_for(prefix, f"cleave.rpc.{contract.name}.*.*")
+
+
 def group_permissions(loaded: LoadedApp, services: tuple[str, ...], name: str) -> Permissions:
     """What service group ``name`` (running ``services``) may do, from their declarations."""
     app, plan = loaded.app, loaded.plan
@@ -112,7 +118,8 @@ def group_permissions(loaded: LoadedApp, services: tuple[str, ...], name: str) -
         contract = spec.contract
         for major in spec.contracts:  # every major it serves, side by side
             subscribe.add(f"{_rpc(pfx, major)} {major.name}")  # its own queue group only
-        publish.update(_rpc(pfx, dep) for dep in spec.dependencies.values())
+        # Every major of a service it uses: moving a caller to v2 is a deploy, not new rights.
+        publish.update(_calls(pfx, dep) for dep in spec.dependencies.values())
         if spec.events:
             publish.add(subject_for(pfx, f"cleave.evt.{contract.name}.>"))
             streams.add(stream_for(pfx, contract.stream))
@@ -144,7 +151,7 @@ def gateway_permissions(loaded: LoadedApp) -> Permissions:
     """The gateway calls the contracts its routes name, and nothing else."""
     gateway = loaded.app.gateway
     pfx = loaded.plan.nats.prefix
-    calls = sorted({_rpc(pfx, c) for c in gateway.contracts}) if gateway is not None else []
+    calls = sorted({_calls(pfx, c) for c in gateway.contracts}) if gateway is not None else []
     return Permissions(publish=tuple(calls), subscribe=(f"{inbox_prefix(GATEWAY)}.>",))
 
 
