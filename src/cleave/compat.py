@@ -180,7 +180,7 @@ def compare(old: Lock, new: Lock) -> list[Change]:
         def add(path: str, kind: str, detail: str, role: Role | None, note: str = "") -> None:
             verdict, reason = _classify(kind, role, note)
             reason = f"{reason} ({detail})" if detail else reason
-            changes.append(Change(name, version, path, kind, verdict, reason))  # noqa: B023
+            changes.append(Change(name, version, path, kind, verdict, reason))  # noqa: B023 - called within this iteration only
 
         if was is None or now is None:
             add(key, "contract added" if was is None else "contract removed", "", None)

@@ -330,7 +330,7 @@ class _Redelivery:
         pass  # a replay is settled by its own transaction
 
     async def nak(self, delay: float) -> None:
-        pass
+        pass  # a failed replay keeps its letter, with the new error, in the same way
 
     async def term(self) -> None:
-        pass
+        pass  # nothing to settle with a broker: the letter is the only copy
