@@ -20,7 +20,10 @@ process that talk over a real NATS server, as the processes placement does:
 run one test body under both to prove the placement changes nothing.
 
 Fakes are plain objects with the contract's methods (``async def``); mypy
-checks them against the contract Protocol.
+checks them against the contract Protocol. :func:`fake` puts one behind the
+contract's boundary, so it validates, encodes and maps errors as a real
+callee would. The pytest plugin (:mod:`cleave.testing.plugin`) gives these
+as fixtures, with every test run once per placement.
 """
 
 from __future__ import annotations
@@ -49,8 +52,9 @@ from cleave.runtime.host import Host
 from cleave.runtime.monolith import Monolith
 from cleave.runtime.router import make_client
 from cleave.service import Service, spec_of_service
+from cleave.testing.fakes import fake
 
-__all__ = ["Harness", "NatsHarness", "build", "published", "token"]
+__all__ = ["Harness", "NatsHarness", "build", "fake", "published", "token"]
 
 S = TypeVar("S", bound=Service)
 C = TypeVar("C")
@@ -80,8 +84,8 @@ async def build(
             problems.append(f"{', '.join(extra)}: not a dependency of {service.__name__}")
         raise DefinitionError(f"cleave.testing.build({service.__name__}): " + "; ".join(problems))
     instance = service()
-    for attr, fake in dependencies.items():
-        instance.__dict__[attr] = fake
+    for attr, stand_in in dependencies.items():
+        instance.__dict__[attr] = stand_in
     with tempfile.TemporaryDirectory(prefix="cleave-test-") as tmp:
         db: Database | None = None
         if spec.database is not None:
