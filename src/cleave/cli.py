@@ -46,6 +46,7 @@ from rich.table import Table
 from cleave.app import LoadedApp, load
 from cleave.config import mask_url
 from cleave.errors import CleaveError
+from cleave.scaffold import cli as scaffold_cli
 
 if TYPE_CHECKING:
     from cleave.runtime.dlq import AppDeadLetters
@@ -469,6 +470,9 @@ def down(path: AppArg = None, state_dir: StateOpt = None) -> None:
         _fail(str(exc))
     console.print(f"{loaded.app.name}: {'stopped' if stopped else 'was not running'}")
 
+
+app.command()(scaffold_cli.new)
+app.add_typer(scaffold_cli.add, name="add")
 
 db = typer.Typer(
     help="Schema migrations of each service's database (Alembic).", no_args_is_help=True

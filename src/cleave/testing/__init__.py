@@ -32,7 +32,7 @@ import asyncio
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -193,7 +193,7 @@ class Harness:
             ttl=ttl,
         )
 
-    def client(self, contract: type[C], caller: str = "test") -> C:
+    def client(self, contract: Callable[..., C], caller: str = "test") -> C:
         """A typed client of ``contract``, calling as ``caller``."""
         client: C = make_client(spec_of(contract), self.host.router, caller)
         return client
@@ -337,7 +337,7 @@ class NatsHarness:
         audience = self.plan.auth.audience or self.app.name
         return token(self.state_dir, subject, *scopes, audience=audience, ttl=ttl)
 
-    def client(self, contract: type[C], caller: str = "test") -> C:
+    def client(self, contract: Callable[..., C], caller: str = "test") -> C:
         client: C = make_client(spec_of(contract), self.edge.router, caller)
         return client
 

@@ -22,6 +22,7 @@ what production meets:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -93,7 +94,7 @@ class Fake:
         return f"<fake {self.spec.name} v{self.spec.version}: {type(self.impl).__name__}>"
 
 
-def fake(contract: type[C], impl: object) -> C:
+def fake(contract: Callable[..., C], impl: object) -> C:
     """``impl`` typed as ``contract``, behaving at its boundary like a real callee.
 
     Pass the result to :func:`cleave.testing.build` (or the ``cleave_service``

@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import pytest
 
@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from cleave.app import App
     from cleave.config import Plan
     from cleave.service import Service
+
+S = TypeVar("S", bound="Service")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,6 +56,7 @@ def _async_fixture(fn: F) -> F:
 
 
 __all__ = [
+    "ServiceStarter",
     "cleave_app",
     "cleave_harness",
     "cleave_nats_url",
@@ -63,6 +66,12 @@ __all__ = [
 ]
 
 PLACEMENTS = ("monolith", "nats")
+
+
+class ServiceStarter(Protocol):
+    """The type of the ``cleave_service`` fixture: ``await cleave_service(Cls, dep=fake)``."""
+
+    def __call__(self, service: type[S], /, **fakes: object) -> Awaitable[S]: ...
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -132,7 +141,7 @@ async def cleave_harness(
 
 
 @_async_fixture
-async def cleave_service() -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+async def cleave_service() -> AsyncIterator[ServiceStarter]:
     """Start one service with fakes of its dependencies: ``await cleave_service(Cls, dep=fake)``.
 
     Each fake is put behind its contract's boundary (:func:`cleave.testing.fake`)
@@ -144,12 +153,13 @@ async def cleave_service() -> AsyncIterator[Callable[..., Awaitable[Any]]]:
 
     async with AsyncExitStack() as stack:
 
-        async def start(service: type[Service], **fakes: Any) -> Any:
+        async def start(service: type[S], /, **fakes: object) -> S:
             deps = spec_of_service(service).dependencies
             wrapped: dict[str, Any] = {
                 name: impl if isinstance(impl, Fake) or name not in deps else Fake(deps[name], impl)
                 for name, impl in fakes.items()
             }
-            return await stack.enter_async_context(build(service, **wrapped))
+            started: S = await stack.enter_async_context(build(service, **wrapped))
+            return started
 
         yield start
