@@ -128,6 +128,8 @@ async def connect(
         await asyncio.wait((connecting, refused), return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
         connecting.cancel()
+        with contextlib.suppress(Exception):  # its reconnect loop must not outlive the caller
+            await nc.close()
         raise
     finally:
         refused.cancel()
