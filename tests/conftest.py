@@ -12,7 +12,7 @@ import pytest
 
 # Cleave's pytest plugin: registered by entry point when Cleave is installed, and by name
 # here for runs from the source tree (the same name: pytest loads it once).
-pytest_plugins = ["cleave.testing.plugin"]
+pytest_plugins = ["cleave_pytest"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "tests" / "apps" / "sample"

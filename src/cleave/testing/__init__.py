@@ -22,7 +22,7 @@ run one test body under both to prove the placement changes nothing.
 Fakes are plain objects with the contract's methods (``async def``); mypy
 checks them against the contract Protocol. :func:`fake` puts one behind the
 contract's boundary, so it validates, encodes and maps errors as a real
-callee would. The pytest plugin (:mod:`cleave.testing.plugin`) gives these
+callee would. The pytest plugin (``cleave_pytest``, registered by entry point) gives these
 as fixtures, with every test run once per placement.
 """
 
@@ -32,10 +32,10 @@ import asyncio
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 
@@ -54,10 +54,16 @@ from cleave.runtime.router import make_client
 from cleave.service import Service, spec_of_service
 from cleave.testing.fakes import fake
 
-__all__ = ["Harness", "NatsHarness", "build", "fake", "published", "token"]
+__all__ = ["Harness", "NatsHarness", "ServiceStarter", "build", "fake", "published", "token"]
 
 S = TypeVar("S", bound=Service)
 C = TypeVar("C")
+
+
+class ServiceStarter(Protocol):
+    """The pytest plugin's ``cleave_service`` fixture: ``await cleave_service(Cls, dep=fake)``."""
+
+    def __call__(self, service: type[S], /, **fakes: object) -> Awaitable[S]: ...
 
 
 @asynccontextmanager

@@ -1,8 +1,10 @@
 """Cleave's pytest plugin: an app in every placement, fakes, one real NATS server.
 
 Registered by entry point (``pytest11``), so installing Cleave is enough.
-Nothing here runs unless a test asks for a fixture, and Cleave's runtime is
-imported only then: an unrelated pytest run pays nothing.
+Nothing here runs unless a test asks for a fixture, and Cleave is imported
+only then: an unrelated pytest run pays nothing. (That is why this is a
+top-level module and not ``cleave_pytest``: importing anything under
+``cleave`` imports the framework.)
 
 Fixtures:
 
@@ -29,10 +31,10 @@ Fixtures:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import pytest
 
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from cleave.app import App
     from cleave.config import Plan
     from cleave.service import Service
+    from cleave.testing import ServiceStarter
 
 S = TypeVar("S", bound="Service")
 
@@ -56,7 +59,6 @@ def _async_fixture(fn: F) -> F:
 
 
 __all__ = [
-    "ServiceStarter",
     "cleave_app",
     "cleave_harness",
     "cleave_nats_url",
@@ -66,12 +68,6 @@ __all__ = [
 ]
 
 PLACEMENTS = ("monolith", "nats")
-
-
-class ServiceStarter(Protocol):
-    """The type of the ``cleave_service`` fixture: ``await cleave_service(Cls, dep=fake)``."""
-
-    def __call__(self, service: type[S], /, **fakes: object) -> Awaitable[S]: ...
 
 
 def pytest_configure(config: pytest.Config) -> None:
