@@ -25,7 +25,8 @@ things are changed on the way, so the test never takes a fixed port or the
 system's NATS: the gateway's port 8000 becomes a free one (added as
 ``--port`` to ``cleave run``/``cleave up``), and ``nats://127.0.0.1:4222``
 becomes the test's own nats-server. The app's state goes to a temporary
-folder (``CLEAVE_STATE_DIR``).
+folder (``CLEAVE_STATE_DIR``). ``DOCS_TEST_TIMES=1`` (with ``pytest -s``) prints
+how long each command took.
 """
 
 from __future__ import annotations
@@ -285,6 +286,8 @@ class Reader:
 
     def run(self, b: Block, expected: list[str] | None) -> None:
         script = self.script(b)
+        if re.search(r"\bcleave up\b", script):
+            self.up = True  # before it runs: a half-started app must be stopped too
         started = time.monotonic()
         deadline = started + (RETRY_FOR if "retry" in b.marks else 0)
         while True:
@@ -308,8 +311,6 @@ class Reader:
             time.sleep(0.5)
         if os.environ.get("DOCS_TEST_TIMES"):
             print(f"{b}: {time.monotonic() - started:.1f}s")
-        if re.search(r"\bcleave up\b", script):
-            self.up = True
         if re.search(r"\bcleave down\b", script):
             self.up = False
         self.done.add(b)
