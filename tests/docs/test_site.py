@@ -392,6 +392,22 @@ def run_tests(folder: Path) -> None:
     assert ran, f"no test functions in {folder}"
 
 
+def test_reader_refuses_what_it_cannot_check(tmp_path: Path) -> None:
+    """The rules that keep the tutorial honest fail when broken."""
+    project = tmp_path / "app"
+    project.mkdir()
+    reader = Reader(project, tmp_path / "state", lambda: "")
+    with pytest.raises(AssertionError, match="no way to run this block"):
+        reader.block(Block("x.md", 1, "python", "", "print('untitled')"), None)
+    with pytest.raises(AssertionError, match=r"lacks \['goodbye'\]"):
+        reader.run(Block("x.md", 2, "sh", "", "echo hello"), ["goodbye"])
+    with pytest.raises(AssertionError, match="exited 3"):
+        reader.run(Block("x.md", 3, "sh", "", "true\nexit 3\necho never"), None)
+    reader.run(Block("x.md", 4, "sh", "", "# a comment\necho hello"), ["hello"])
+    assert reader.command("cleave run") == f"cleave run --port {reader.port}"
+    assert reader.command("curl -s localhost:8000/x") == f"curl -s localhost:{reader.port}/x"
+
+
 @pytest.mark.nats
 @pytest.mark.processes
 def test_tutorial_runs(project: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
@@ -422,8 +438,7 @@ def test_tutorial_runs(project: Path, tmp_path: Path, request: pytest.FixtureReq
         )
 
 
-@pytest.mark.nats
-@pytest.mark.parametrize("placement", ["monolith", "nats"])
+@pytest.mark.parametrize("placement", ["monolith", pytest.param("nats", marks=pytest.mark.nats)])
 async def test_tutorial_app_in_both_placements(
     project: Path, placement: str, request: pytest.FixtureRequest
 ) -> None:
