@@ -108,7 +108,7 @@ def coupling(
     ] = None,
 ) -> None:
     """When to split and when to merge services, measured from history, structure and traffic."""
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     try:
         doc = run(path, repo or [], since, traces)
     except CleaveError as exc:
