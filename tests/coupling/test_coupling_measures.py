@@ -137,3 +137,10 @@ def test_a_bad_since_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match="--since 'last tuesday' is not a date"):
         parse_date("last tuesday")
     assert parse_date("2026-01-31") == parse_date("2026-01-31T00:00:00+00:00")
+
+
+def test_the_author_window_never_builds_a_change_too_large_to_count() -> None:
+    first = _c("a", "ann", 0, "start", *(f"a{i}.py" for i in range(20)))
+    second = _c("b", "ann", 0.5, "more", *(f"b{i}.py" for i in range(20)))
+    changes = group_changes([first, second], ticket="", window_hours=1, max_changeset=30)
+    assert [len(c.files) for c in changes] == [20, 20]

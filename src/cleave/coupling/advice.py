@@ -185,15 +185,22 @@ def _split(an: Analysis) -> list[Advice]:
             if disjoint
             else "the same people work on both: a split buys independent deploys, not teams"
         )
-        moves = [
-            f"{facts.name}_{_label(folder, cluster.files)}: {folder or ', '.join(cluster.files)}"
-            for folder, cluster in zip(folders, facts.clusters, strict=True)
-        ][1:]
+        places = []
+        for folder, cluster in zip(folders, facts.clusters, strict=True):
+            others = [f for c in facts.clusters if c is not cluster for f in c.files]
+            alone = folder and not any(f.startswith(folder) for f in others)
+            places.append(folder if alone else ", ".join(cluster.files))
+        label = _label(folders[1], facts.clusters[1].files, places[1] == folders[1])
         action = (
-            f"keep cluster 1 in {facts.name}; move "
-            + "; ".join(moves)
-            + " into a new service each (its own contract, cleave.use() where one calls the "
-            "other); they can stay in one group until they need to deploy apart"
+            f"keep {places[0]} in {facts.name}; move {places[1]} into a new service "
+            f"{facts.name}_{label} (its own contract and service class; cleave.use() where one "
+            "calls the other)"
+        )
+        for place in places[2:]:
+            action += f"; likewise {place}"
+        action += (
+            f"; list both in one [groups] entry until they need to deploy apart: "
+            f'{facts.name}_parts = ["{facts.name}", "{facts.name}_{label}"]'
         )
         out.append(
             Advice(
@@ -217,9 +224,9 @@ def _common_folder(files: tuple[str, ...]) -> str:
     return "/".join(common) + "/" if common else ""
 
 
-def _label(folder: str, files: tuple[str, ...]) -> str:
-    stem = PurePosixPath(files[0]).stem
-    return PurePosixPath(folder).name if folder and len(files) > 1 else stem
+def _label(folder: str, files: tuple[str, ...], by_folder: bool) -> str:
+    """A name for the new service: its folder's, or its first file's."""
+    return PurePosixPath(folder).name if by_folder else PurePosixPath(files[0]).stem
 
 
 def _make_async(an: Analysis) -> list[Advice]:

@@ -247,7 +247,8 @@ def _smells(
             {
                 "kind": "hub",
                 "services": [name],
-                "evidence": f"{name} is used by {fan_in} services and depends on {fan_out}",
+                "evidence": f"{name} has {fan_in} services calling it or sending it events, "
+                f"and calls or sends events to {fan_out}",
             }
         )
     if len(services) > 2 and changes >= settings.min_revs:

@@ -6,7 +6,9 @@ that squashes. Commits naming the same ticket (``ABC-123`` by default, the
 ``[coupling] ticket`` pattern) are one change wherever they are; other
 commits of one author within ``window_hours`` of the first one are one
 change (strictly less: commits an hour apart are two changes by
-default). Commits and changes touching more than ``max_changeset`` files are
+default), unless that would make it larger than ``max_changeset``: the
+window is a guess, and must not build a change too large to count. Commits
+and changes touching more than ``max_changeset`` files are
 left out, as code-maat does: a mass rename or reformat couples everything to
 everything and says nothing.
 """
@@ -61,7 +63,8 @@ def group_changes(
         else:
             key = open_by_author.get(commit.author, "")
             first = groups[key][0].when if key else 0.0
-            if not key or commit.when - first >= window:
+            too_big = bool(key) and len(kept[key] | files) > max_changeset
+            if not key or commit.when - first >= window or too_big:
                 key = f"{commit.author} {commit.sha[:10]}"
                 open_by_author[commit.author] = key
         groups.setdefault(key, []).append(commit)

@@ -95,7 +95,8 @@ def scan_calls(
     it is not counted as unused.
     """
     try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+        lines, first = inspect.getsourcelines(cls)
+        tree = ast.parse(textwrap.dedent("".join(lines)))
     except (OSError, TypeError, SyntaxError):
         return {}, []
     sites: dict[tuple[str, str, str], int] = {}
@@ -118,7 +119,7 @@ def scan_calls(
             method = clients_by_name[target[0]].methods.get(target[1])
             query = target[1].startswith(_QUERY) or (method is not None and method.readonly)
             if id(node) in statements and not query:
-                line = getattr(node, "lineno", 0)
+                line = getattr(node, "lineno", 0) + first - 1
                 where = f"{cls.__name__}.{func.name} line {line}"
                 discarded.append(DiscardedCall(source, target[0], target[1], where))
     return sites, discarded
