@@ -245,3 +245,68 @@ def test_the_command_in_a_subprocess(synth_repo: Path) -> None:
     doc = json.loads(cli("coupling", synth_repo, "--json").stdout)
     assert {a["kind"] for a in doc["advice"]} >= {"merge", "split", "decouple"}
     assert not cli("coupling", synth_repo / "nope", check=False).stdout
+
+
+def test_service_folders_of_a_generated_app(tmp_path: Path) -> None:
+    pkg = write_app(tmp_path)
+    layout = layout_of(load(tmp_path), "r", "")
+    assert layout.service_of("r", f"{pkg}/services/cart/store.py") == "cart"
+    assert layout.service_of("r", f"{pkg}/services/cart/deep/er.py") == "cart"
+    assert layout.service_of("r", f"{pkg}/contracts/pricing.py") == "pricing"
+    assert layout.service_of("r", f"{pkg}/shared/schema.py") == SHARED
+    assert layout.service_of("r", f"{pkg}/app.py") == SHARED
+    assert layout.service_of("elsewhere", "audit/x.py") == "audit"  # by folder name
+    assert layout.service_of("elsewhere", "README") is None
+
+
+def test_services_sharing_one_module_and_overrides(tmp_path: Path) -> None:
+    """A module of several services is nobody's alone; [coupling.paths] says what is whose."""
+    pkg = f"onefile{id(tmp_path)}"
+    (tmp_path / pkg).mkdir()
+    (tmp_path / pkg / "__init__.py").write_text("")
+    (tmp_path / pkg / "app.py").write_text(
+        "from typing import Protocol\nimport cleave\n\n"
+        "class Ping(cleave.Message):\n    text: str\n\n"
+        '@cleave.contract("left", version=1)\nclass Left(Protocol):\n'
+        "    async def ping(self, req: Ping) -> Ping: ...\n\n"
+        '@cleave.contract("right", version=1)\nclass Right(Protocol):\n'
+        "    async def ping(self, req: Ping) -> Ping: ...\n\n"
+        "class LeftService(cleave.Service, implements=Left):\n"
+        "    async def ping(self, req: Ping) -> Ping:\n        return req\n\n"
+        "class RightService(cleave.Service, implements=Right):\n"
+        "    async def ping(self, req: Ping) -> Ping:\n        return req\n\n"
+        'app = cleave.App("one", services=[LeftService, RightService])\n'
+    )
+    (tmp_path / "cleave.toml").write_text(
+        f'[app]\ntarget = "{pkg}.app:app"\n\n[coupling]\nignore = ["*.md"]\n'
+        f'paths = {{ left = ["{pkg}/lefty/"], right = ["*_right.py"] }}\n'
+    )
+    layout = layout_of(load(tmp_path), "r", "")
+    assert layout.service_of("r", f"{pkg}/app.py") == SHARED
+    assert layout.service_of("r", f"{pkg}/lefty/a.py") == "left"
+    assert layout.service_of("r", f"{pkg}/x/helpers_right.py") == "right"
+    assert layout.service_of("r", "NOTES.md") is None
+
+
+def test_a_bad_coupling_setting_is_a_clear_error(tmp_path: Path) -> None:
+    write_app(tmp_path)
+    with (tmp_path / "cleave.toml").open("a") as fh:
+        fh.write("\n[coupling]\nmin_degree = 130\n")
+    result = _invoke(tmp_path)
+    assert result.exit_code == 2
+    assert "coupling.min_degree" in result.stderr
+
+
+def test_since_reads_the_author_date(tmp_path: Path) -> None:
+    """`git commit --date` sets only the author date; --since must still see it."""
+    from coupling_synth import git
+
+    pkg = write_app(tmp_path)
+    init_repo(tmp_path)
+    for i, date in enumerate(["2020-01-01T12:00:00", "2020-01-02T12:00:00"] * 3):
+        with (tmp_path / pkg / "services" / "audit" / "core.py").open("a") as fh:
+            fh.write(f"# {i}\n")
+        git(tmp_path, "commit", "-qam", f"AUD-{i}", f"--date={date}+0000")
+    doc = json.loads(_invoke(tmp_path, "--since", "2020-01-02", "--json").stdout)
+    audit = next(s for s in doc["services"] if s["name"] == "audit")
+    assert audit["revisions"] == 3

@@ -7,6 +7,7 @@ git repositories and read back through the command, end to end.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -28,6 +29,7 @@ from cleave.cli import app as cli_app
 from cleave.coupling.advice import advise
 from cleave.coupling.analysis import analyse
 from cleave.coupling.changes import group_changes
+from cleave.coupling.history import Commit
 from cleave.coupling.layout import layout_of
 from cleave.coupling.structure import topology_of
 
@@ -130,8 +132,6 @@ def test_the_app_in_a_subfolder_and_a_change_over_two_repositories(
     (other / "README").write_text("the mailer, kept in its own repository\n")
     init_repo(other)
     commits = []
-    from cleave.coupling.history import Commit
-
     for i in range(6):
         when = 1_700_000_000.0 + i * 86400
         commits.append(
@@ -164,3 +164,60 @@ def test_the_app_in_a_subfolder_and_a_change_over_two_repositories(
     assert doc["changes"] == 7  # six tickets, and the mailer repository's first commit
     audit = next(s for s in doc["services"] if s["name"] == "audit")
     assert any(f.startswith(f"{pkg}/services/audit/") for f in audit["files"])
+
+
+@pytest.fixture(scope="module")
+def synth_app(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    root = tmp_path_factory.mktemp("app")
+    pkg = write_app(root)
+    loaded = load(root)
+    return pkg, layout_of(loaded, "", ""), topology_of(loaded), loaded.plan.coupling
+
+
+def _advise(synth_app: tuple, commits: list) -> list:
+    _, layout, topology, settings = synth_app
+    changes = group_changes(
+        commits,
+        ticket=settings.ticket,
+        window_hours=settings.window_hours,
+        max_changeset=settings.max_changeset,
+        keep=lambda f: layout.service_of(*f) is not None,
+    )
+    return advise(analyse(changes, layout, topology, settings))
+
+
+def test_one_author_does_not_hide_the_planted_cases(synth_app: tuple) -> None:
+    """A history written by one person: the planted cases stand, nothing names the others."""
+    pkg = synth_app[0]
+    commits = history(random.Random(3), pkg, Knobs(planted=12, alone=1, independent=10))
+    solo = [dataclasses.replace(c, author="solo") for c in commits]
+    advice = _advise(synth_app, solo)
+    found = _found(advice)
+    assert {
+        ("merge", frozenset({"cart", "pricing"})),
+        ("decouple", frozenset({"search", "reviews"})),
+    } <= found
+    # One author for both halves, but no change crosses them: still a split.
+    assert ("split", frozenset({"accounts"})) in found
+    assert not [a for a in advice if INDEPENDENT & set(a.services)]
+
+
+def test_keep_the_monolith_when_everything_changes_together(synth_app: tuple) -> None:
+    pkg = synth_app[0]
+    services = ["cart", "pricing", "search", "reviews", "mailer", "audit"]
+    commits = [
+        Commit(
+            f"{i:040x}",
+            ["ann", "bo"][i % 2],
+            1_700_000_000.0 + i * 86400,
+            "feature",
+            tuple(f"{pkg}/services/{s}/core.py" for k, s in enumerate(services) if k != i % 6),
+        )
+        for i in range(12)
+    ]
+    advice = _advise(synth_app, commits)
+    kinds = [a.kind for a in advice]
+    assert "keep-monolith" in kinds
+    keep = advice[kinds.index("keep-monolith")]
+    assert "2 author(s) over 12 changes" in keep.evidence[0]
+    assert "cleave run" in keep.action

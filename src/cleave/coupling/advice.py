@@ -11,8 +11,8 @@ of six things (docs/coupling.md gives each rule and its thresholds):
 - ``decouple``: services that change together with no declared dependency
   (a shared file, a shared table, copied logic);
 - ``make-async``: a call whose answer is never read could be an event;
-- ``keep-monolith``: few authors and changes that touch many services: the
-  split costs more than it pays.
+- ``keep-monolith``: too little history, or changes that cross most services:
+  a split would cost more than it pays.
 """
 
 from __future__ import annotations
@@ -301,21 +301,32 @@ def _co_locate(an: Analysis, merged: set[frozenset[str]]) -> list[Advice]:
     return out
 
 
-def _keep_monolith(an: Analysis) -> list[Advice]:
+def _keep_monolith(an: Analysis, splits: list[Advice]) -> list[Advice]:
+    """One deployable when the history cannot tell the services apart.
+
+    Either too little history (fewer than two services changed ``min_revs``
+    times), or changes that cross services: most of them (>= 50% with a small
+    team, >= 70% otherwise) and most services (>= 75% of the active ones) in a
+    significant pair. Never beside a split: that would contradict it.
+    """
+    if not an.service_sets or splits:
+        return []
     people = len(an.authors)
     share = an.multi_service_share()
-    busy = [f for f in an.services.values() if f.revisions >= an.settings.min_revs]
+    busy = [f.name for f in an.services.values() if f.revisions >= an.settings.min_revs]
+    significant = an.significant()
+    coupled = {s for p in significant for s in (p.a, p.b)}
+    broad = len(busy) >= 2 and len(coupled & set(busy)) >= 0.75 * len(busy)
     few = people <= an.settings.small_team
-    together = share >= 0.5
     thin = len(busy) < 2
-    if not an.service_sets or not ((few and (together or thin)) or share >= 0.7):
+    if not (thin or (broad and share >= (0.5 if few else 0.7))):
         return []
     evidence = [
         f"{people} author(s) over {len(an.service_sets)} changes in about {an.weeks:g} weeks",
         f"{_pct(share)} of the changes touched more than one service",
-        f"{len(busy)} of {len(an.services)} services changed at least {an.settings.min_revs} times",
+        f"{len(busy)} of {len(an.services)} services changed at least "
+        f"{an.settings.min_revs} times; {len(coupled)} are in a significant pair",
     ]
-    significant = an.significant()
     if significant:
         strongest = significant[0]
         evidence.append(
@@ -323,9 +334,12 @@ def _keep_monolith(an: Analysis) -> list[Advice]:
             f"({strongest.shared} shared changes)"
         )
     evidence.append(
-        "a small team whose changes cross service lines ships faster from one deployable; "
-        "keep the boundaries in code (contracts) and split when deploys start to wait on "
-        "each other"
+        "too little history to justify a split"
+        if thin
+        else "changes cross service lines: one deployable ships them faster"
+    )
+    evidence.append(
+        "keep the boundaries in code (contracts); split when deploys start to wait on each other"
     )
     members = ", ".join(f'"{s}"' for s in an.topology.services)
     action = (
@@ -339,11 +353,12 @@ def advise(an: Analysis) -> list[Advice]:
     """Every piece of advice the analysis supports, in a stable order."""
     merges = _merge(an)
     merged = {frozenset(a.services) for a in merges}
+    splits = _split(an)
     return [
-        *_keep_monolith(an),
+        *_keep_monolith(an, splits),
         *merges,
         *_co_locate(an, merged),
-        *_split(an),
+        *splits,
         *_decouple(an),
         *_make_async(an),
     ]

@@ -210,7 +210,7 @@ def _owners(people: Counter[str]) -> set[str]:
 
 
 def _apart(found: list[Cluster], crossing: int, own: list[tuple[Change, frozenset[str]]]) -> bool:
-    """Whether clusters really change apart: rarely together, and by other people or never.
+    """Whether clusters really change apart: rarely together, and by other people or almost never.
 
     A service of two files edited at random now one, now both, can look like
     two clusters in a short history; what it lacks is a clean separation
@@ -221,8 +221,8 @@ def _apart(found: list[Cluster], crossing: int, own: list[tuple[Change, frozense
         for y in sets[i + 1 :]:
             if 100 * len(x & y) / ((len(x) + len(y)) / 2) > 15:
                 return False
-    if crossing == 0:
-        return True
+    if crossing <= 0.05 * len(own):
+        return True  # all but a stray change or two keep to one cluster
     people = [
         _owners(Counter(a for c, files in own if files & set(cl.files) for a in c.authors))
         for cl in found

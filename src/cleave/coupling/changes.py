@@ -65,7 +65,7 @@ def group_changes(
             first = groups[key][0].when if key else 0.0
             too_big = bool(key) and len(kept[key] | files) > max_changeset
             if not key or commit.when - first >= window or too_big:
-                key = f"{commit.author} {commit.sha[:10]}"
+                key = f"{commit.author} {commit.sha}"
                 open_by_author[commit.author] = key
         groups.setdefault(key, []).append(commit)
         kept.setdefault(key, set()).update(files)

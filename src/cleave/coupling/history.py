@@ -113,11 +113,12 @@ def parse_log(text: str, repo: str = "") -> list[Commit]:
 def read_commits(repo: Repo, since: float | None = None) -> list[Commit]:
     """The commits of ``repo`` reachable from HEAD (no merges: their changes are the branch's)."""
     args = ["log", "--no-renames", "--no-merges", "--name-only", "-z", f"--format={LOG_FORMAT}"]
-    if since is not None:
-        args.append(f"--since=@{int(since)}")
     if not has_commits(repo):
         return []
-    return parse_log(_git(repo.top, *args), repo.name)
+    commits = parse_log(_git(repo.top, *args), repo.name)
+    # By author time, as everything else here: git's --since reads the committer's, which
+    # a rebase or `git commit --date` leaves at the moment of rewriting.
+    return [c for c in commits if since is None or c.when >= since]
 
 
 def has_commits(repo: Repo) -> bool:

@@ -155,8 +155,8 @@ def layout_of(loaded: LoadedApp, app_repo: str, app_prefix: str) -> Layout:
     )
     others = [m for m in modules.values() if m]
     for name, module in modules.items():
-        if not module:
-            continue
+        if not module or others.count(module) > 1 or module == app_module:
+            continue  # a module of several services, or the app's own, is nobody's alone
         layout.files[module] = name
         folder = _folder_of(module)
         holds_others = any(m != module and m.startswith(folder) for m in others)
