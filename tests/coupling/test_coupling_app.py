@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 from coupling_synth import Knobs, commit_all, history, init_repo, write_app
@@ -69,18 +71,20 @@ def _span(trace: str, sid: str, parent: str, kind: str, service: str, t0: float,
     }
 
 
-def _dashboard_spans(requests: int = 3, calls: int = 4) -> list[dict[str, Any]]:
-    """Each request: gateway -> cart server, which calls pricing ``calls`` times."""
+def _dashboard_spans(
+    requests: int = 3, calls: int = 4, caller: str = "cart", callee: str = "pricing"
+) -> list[dict[str, Any]]:
+    """Each request: gateway -> ``caller`` server, which calls ``callee`` ``calls`` times."""
     spans = []
     for r in range(requests):
         t, tid = 100.0 * r, f"{r:032x}"
         spans.append(_span(tid, f"g{r:015x}", "", "server", "gateway", t, t + 0.010))
-        spans.append(_span(tid, f"c{r:015x}", f"g{r:015x}", "server", "cart", t, t + 0.009))
+        spans.append(_span(tid, f"c{r:015x}", f"g{r:015x}", "server", caller, t, t + 0.009))
         for k in range(calls):
             s = t + 0.001 + k * 0.002
             cid, sid = f"a{r:07x}{k:08x}", f"b{r:07x}{k:08x}"
-            spans.append(_span(tid, cid, f"c{r:015x}", "client", "cart", s, s + 0.0015))
-            spans.append(_span(tid, sid, cid, "server", "pricing", s, s + 0.001))
+            spans.append(_span(tid, cid, f"c{r:015x}", "client", caller, s, s + 0.0015))
+            spans.append(_span(tid, sid, cid, "server", callee, s, s + 0.001))
     return spans
 
 
@@ -179,6 +183,22 @@ def test_traces_give_co_locate_advice_with_the_dividend(synth_repo: Path, tmp_pa
     assert doc["call_costs"]["remote_us"] > doc["call_costs"]["colocated_us"]
 
 
+def test_a_chatty_edge_that_ships_together_is_co_located(synth_repo: Path, tmp_path: Path) -> None:
+    spans = _dashboard_spans(requests=4, calls=5, caller="search", callee="reviews")
+    (tmp_path / "t.json").write_text(json.dumps(spans))
+    doc = json.loads(_invoke(synth_repo, "--traces", tmp_path / "t.json", "--json").stdout)
+    (advice,) = [a for a in doc["advice"] if a["kind"] == "co-locate"]
+    assert advice["services"] == ["search", "reviews"]
+    assert advice["action"] == '[groups]\nreviews_search = ["reviews", "search"]'
+    evidence = "\n".join(advice["evidence"])
+    assert "search calls reviews 5.0 times per request" in evidence
+    assert "co-location dividend: about" in evidence
+    assert doc["call_costs"]["source"] in evidence
+    # Without traces: no co-locate.
+    plain = json.loads(_invoke(synth_repo, "--json").stdout)
+    assert not [a for a in plain["advice"] if a["kind"] == "co-locate"]
+
+
 def test_terminal_and_html_reports(synth_repo: Path, tmp_path: Path) -> None:
     page = tmp_path / "report.html"
     result = _invoke(synth_repo, "--html", page)
@@ -190,6 +210,11 @@ def test_terminal_and_html_reports(synth_repo: Path, tmp_path: Path) -> None:
     assert "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "<script" not in text
     assert "cart_pricing" in text
+    for svg in re.findall(r"<svg.*?</svg>", text, re.S):
+        ElementTree.fromstring(svg)  # each chart is well-formed SVG
+    graph = re.search(r'<svg[^>]*aria-label="service graph".*?</svg>', text, re.S)
+    assert graph is not None
+    assert graph.group(0).count("<circle") == 7  # one node per service
 
 
 @pytest.mark.parametrize(

@@ -144,3 +144,26 @@ def test_the_author_window_never_builds_a_change_too_large_to_count() -> None:
     second = _c("b", "ann", 0.5, "more", *(f"b{i}.py" for i in range(20)))
     changes = group_changes([first, second], ticket="", window_hours=1, max_changeset=30)
     assert [len(c.files) for c in changes] == [20, 20]
+
+
+def test_a_table_two_services_declare_is_decouple_advice() -> None:
+    from cleave.config import CouplingSettings
+    from cleave.coupling.advice import advise
+    from cleave.coupling.analysis import analyse
+    from cleave.coupling.layout import Layout
+    from cleave.coupling.structure import Topology
+
+    topo = Topology(
+        services=("a", "b", "c"),
+        tables={"a": {"accounts", "x"}, "b": {"accounts"}, "c": {"y"}},
+    )
+    changes = group_changes(
+        [_c(str(i), "ann", 5 * i, "w", f"a/{i}.py") for i in range(3)],
+        ticket="",
+        window_hours=1,
+        max_changeset=30,
+    )
+    advice = advise(analyse(changes, Layout(services=topo.services), topo, CouplingSettings()))
+    (decouple,) = [x for x in advice if x.kind == "decouple"]
+    assert decouple.services == ("a", "b")
+    assert "accounts" in decouple.evidence[0]
