@@ -335,3 +335,12 @@ def test_since_reads_the_author_date(tmp_path: Path) -> None:
     doc = json.loads(_invoke(tmp_path, "--since", "2020-01-02", "--json").stdout)
     audit = next(s for s in doc["services"] if s["name"] == "audit")
     assert audit["revisions"] == 3
+
+
+def test_a_repository_without_commits(tmp_path: Path) -> None:
+    write_app(tmp_path)
+    subprocess.run(["git", "-C", str(tmp_path), "init", "-q"], check=True)
+    result = _invoke(tmp_path, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert (doc["changes"], doc["advice"], doc["delivery"]["source"]) == (0, [], "changes")

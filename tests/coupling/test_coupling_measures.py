@@ -167,3 +167,24 @@ def test_a_table_two_services_declare_is_decouple_advice() -> None:
     (decouple,) = [x for x in advice if x.kind == "decouple"]
     assert decouple.services == ("a", "b")
     assert "accounts" in decouple.evidence[0]
+
+
+def test_smells_cycles_hubs_and_a_service_every_change_touches() -> None:
+    from cleave.config import CouplingSettings
+    from cleave.coupling.analysis import analyse
+    from cleave.coupling.layout import Layout
+    from cleave.coupling.structure import Topology
+
+    topo = Topology(
+        services=("a", "b", "c", "d"),
+        edges={("a", "b", "call"), ("b", "a", "event"), ("c", "b", "call"), ("b", "d", "call")},
+    )
+    commits = [_c(str(i), "ann", 5 * i, "w", "core/x.py", f"{'cd'[i % 2]}/y.py") for i in range(10)]
+    changes = group_changes(commits, ticket="", window_hours=1, max_changeset=30)
+    layout = Layout(services=topo.services, paths={"a": ("core/",)})
+    smells = analyse(changes, layout, topo, CouplingSettings()).smells
+    assert {(s["kind"], tuple(s["services"])) for s in smells} == {
+        ("cycle", ("a", "b")),
+        ("hub", ("b",)),
+        ("every-change", ("a",)),
+    }

@@ -221,3 +221,16 @@ def test_keep_the_monolith_when_everything_changes_together(synth_app: tuple) ->
     keep = advice[kinds.index("keep-monolith")]
     assert "2 author(s) over 12 changes" in keep.evidence[0]
     assert "cleave run" in keep.action
+
+
+def test_a_merge_already_enacted_is_not_advised_again(synth_app: tuple) -> None:
+    pkg, layout, topology, settings = synth_app
+    commits = history(random.Random(5), pkg, Knobs(planted=12, alone=0, independent=10))
+    assert ("merge", frozenset({"cart", "pricing"})) in _found(_advise(synth_app, commits))
+    grouped = dataclasses.replace(topology, groups={"checkout": ("cart", "pricing")})
+    advice = _advise((pkg, layout, grouped, settings), commits)
+    assert not [a for a in advice if a.kind == "merge"]
+    # Joining a group that exists: the line names it, with every member.
+    partial = dataclasses.replace(topology, groups={"shop": ("cart", "mailer")})
+    (merge,) = [a for a in _advise((pkg, layout, partial, settings), commits) if a.kind == "merge"]
+    assert 'shop = ["cart", "mailer", "pricing"]' in merge.action

@@ -95,9 +95,7 @@ def _merge(an: Analysis) -> list[Advice]:
         components.setdefault(find(s), set()).add(s)
     out = []
     for members in sorted(components.values(), key=sorted):
-        if all(members <= set(g) for g in an.topology.groups.values()) and any(
-            members <= set(g) for g in an.topology.groups.values()
-        ):
+        if any(members <= set(g) for g in an.topology.groups.values()):
             continue  # already one group: nothing to enact
         evidence = [e for p in pairs if {p.a, p.b} <= members for e in _pair_evidence(an, p)]
         evidence.append(

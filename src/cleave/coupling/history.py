@@ -134,9 +134,11 @@ def has_commits(repo: Repo) -> bool:
 def release_times(repo: Repo) -> tuple[str, list[tuple[float, str]]]:
     """Release points: tags (with their names) if any, else first-parent merges; and which.
 
-    A tag named after a service (``orders-1.4``, ``orders/v2``) releases that
-    service only; the caller decides that from the name.
+    Every release point counts for the whole app: a tag named after one
+    service is not told apart (yet).
     """
+    if not has_commits(repo):
+        return "none", []
     tags = _git(
         repo.top,
         "for-each-ref",
