@@ -89,11 +89,15 @@ def run(
 def coupling(
     path: Annotated[
         str | None,
-        typer.Argument(help="The app's folder (default: found from the current folder)."),
+        typer.Argument(
+            metavar="APP", help="The app's folder (default: found from the current folder)."
+        ),
     ] = None,
     repo: Annotated[
         list[Path] | None,
-        typer.Option("--repo", help="A git work tree to read (repeat; default: the app's)."),
+        typer.Option(
+            "--repo", metavar="PATH", help="A git work tree to read (repeat; default: the app's)."
+        ),
     ] = None,
     since: Annotated[
         str | None, typer.Option(help="Only history from this date (ISO, e.g. 2026-01-31).")

@@ -34,7 +34,7 @@ from pathlib import Path, PurePosixPath
 from cleave.app import LoadedApp
 from cleave.data.database import Database
 
-__all__ = ["SHARED", "Layout", "layout_of"]
+__all__ = ["SHARED", "Layout", "databases_of", "layout_of"]
 
 #: The owner of a file of the app that belongs to no service.
 SHARED = ""
@@ -167,7 +167,7 @@ def layout_of(loaded: LoadedApp, app_repo: str, app_prefix: str) -> Layout:
         if len(set(owners)) == 1 and file not in layout.files:
             layout.files[file] = owners[0]
     for name, spec in app.services.items():
-        for db in _databases(spec.cls):
+        for db in databases_of(spec.cls):
             if db.migrations is not None:
                 migrations = _rel(str(db.migrations), root)
                 if migrations:
@@ -186,7 +186,8 @@ def _app_module(loaded: LoadedApp) -> str | None:
     return None
 
 
-def _databases(cls: type) -> Iterable[Database]:
+def databases_of(cls: type) -> Iterable[Database]:
+    """The ``cleave.Database`` attributes of a service class (and its bases)."""
     for klass in cls.__mro__:
         for value in vars(klass).values():
             if isinstance(value, Database):

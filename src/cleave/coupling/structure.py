@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from cleave.app import LoadedApp
 from cleave.contracts import ContractSpec
-from cleave.coupling.layout import _databases
+from cleave.coupling.layout import databases_of
 from cleave.service import Use
 
 __all__ = ["DiscardedCall", "Topology", "cycles", "hubs", "topology_of"]
@@ -64,7 +64,7 @@ def topology_of(loaded: LoadedApp) -> Topology:
         if edge.source in app.services and edge.target in app.services:
             topo.edges.add((edge.source, edge.target, edge.kind))
     for name, spec in app.services.items():
-        topo.tables[name] = {t for db in _databases(spec.cls) for t in db.metadata.tables}
+        topo.tables[name] = {t for db in databases_of(spec.cls) for t in db.metadata.tables}
         clients = {
             attr: value.contract
             for klass in spec.cls.__mro__
