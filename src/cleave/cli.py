@@ -22,6 +22,7 @@
     cleave contracts snapshot [APP]           write APP/contracts.lock.json
     cleave contracts check [APP] [--against]  breaking changes since the lock (or a file, a git ref)
     cleave contracts asyncapi [APP]           an AsyncAPI 3 document of the events
+    cleave coupling [APP] [--repo PATH]       when to split and when to merge, from history
 
 APP is the app's folder (holding cleave.toml); left out, the current folder
 or the nearest one above it with a cleave.toml.
@@ -837,6 +838,11 @@ def contracts_asyncapi(path: AppArg = None, output: OutputOpt = None) -> None:
     _emit(json.dumps(doc, indent=2, sort_keys=True) + "\n", target)
     if str(target) != "-":
         console.print(f"{loaded.app.name}: wrote {target}", highlight=False)
+
+
+from cleave.coupling.command import coupling as _coupling  # noqa: E402 - registered here
+
+app.command("coupling")(_coupling)
 
 
 def _uptime(seconds: float | None) -> str:
