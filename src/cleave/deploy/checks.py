@@ -1,0 +1,142 @@
+"""What must hold for a deployment to roll and stop cleanly; checked before anything is written.
+
+On the plan (:func:`check_plan`):
+
+- a consumer's ack wait exceeds the longest its handler may run, or JetStream
+  redelivers an event while its first delivery is still being handled;
+- the grace period covers the preStop pause and the longest handler, or a
+  rollout kills handlers mid-way.
+
+On rendered Kubernetes manifests (:func:`check_manifests`, also ``cleave build
+--check DIR`` on a folder or on ``kubectl kustomize`` output, so a hand edit is
+caught too): every Deployment has a PodDisruptionBudget, its three probes differ,
+and its grace period covers the handler timeouts of the plan in its ConfigMap.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+from cleave.config import RuntimeSettings
+from cleave.deploy import _yaml
+from cleave.deploy.model import PRE_STOP, Deployment, consumer_policy, handler_timeout
+from cleave.errors import ConfigError
+
+__all__ = ["check_dir", "check_manifests", "check_plan"]
+
+PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
+
+
+def _fail(problems: list[str], what: str) -> None:
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(f"{what}: {len(problems)} problem(s)\n{lines}")
+
+
+def check_plan(dep: Deployment) -> None:
+    """The plan's timeouts against each other, per group."""
+    plan = dep.plan
+    problems = []
+    ack_wait = consumer_policy(plan).ack_wait
+    longest = handler_timeout(plan)
+    for group in dep.groups:
+        if group.subscribes and ack_wait <= plan.runtime.event_timeout:
+            problems.append(
+                f"group {group.name}: consumers wait {ack_wait:g} s for an ack but an event "
+                f"handler may run {plan.runtime.event_timeout:g} s ([runtime] event_timeout); "
+                "JetStream would redeliver events still being handled"
+            )
+    if dep.grace < PRE_STOP + longest:
+        problems.append(
+            f"grace period {dep.grace} s is shorter than preStop {PRE_STOP} s plus the longest "
+            f"handler ({longest:g} s, [runtime] timeout / event_timeout)"
+        )
+    _fail(problems, f"{dep.app}: the plan cannot deploy safely")
+
+
+def _labels_match(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    wanted = selector.get("matchLabels") or {}
+    return bool(wanted) and all(labels.get(k) == v for k, v in wanted.items())
+
+
+def _runtime(docs: list[dict[str, Any]]) -> RuntimeSettings:
+    """The [runtime] of the plan shipped in a ConfigMap (its ``cleave.toml``)."""
+    for doc in docs:
+        if doc.get("kind") == "ConfigMap" and "cleave.toml" in (doc.get("data") or {}):
+            raw = tomllib.loads(doc["data"]["cleave.toml"])
+            return msgspec.convert(raw.get("runtime", {}), RuntimeSettings)
+    return RuntimeSettings()
+
+
+def check_manifests(docs: Iterable[dict[str, Any]]) -> None:
+    """PDBs, probes and grace periods of every Deployment in ``docs``."""
+    docs = [d for d in docs if isinstance(d, dict)]
+    runtime = _runtime(docs)
+    longest = max(runtime.timeout, runtime.event_timeout)
+    pdbs = [d for d in docs if d.get("kind") == "PodDisruptionBudget"]
+    problems = []
+    for d in docs:
+        if d.get("kind") != "Deployment":
+            continue
+        name = d["metadata"]["name"]
+        ns = d["metadata"].get("namespace")
+        template = d["spec"]["template"]
+        labels = template.get("metadata", {}).get("labels", {})
+        if not any(
+            p["metadata"].get("namespace") == ns and _labels_match(p["spec"]["selector"], labels)
+            for p in pdbs
+        ):
+            problems.append(
+                f"Deployment {name} has no PodDisruptionBudget: a node drain may evict all its "
+                "pods at once; add one whose selector matches its pod labels"
+            )
+        spec = template["spec"]
+        grace = spec.get("terminationGracePeriodSeconds", 30)
+        for c in spec.get("containers", []):
+            where = f"Deployment {name} container {c['name']}"
+            missing = [p for p in PROBES if p not in c]
+            if missing:
+                problems.append(f"{where} has no {', '.join(missing)}")
+            else:
+                seen = [yaml.safe_dump(c[p], sort_keys=True) for p in PROBES]
+                if len(set(seen)) < len(seen):
+                    problems.append(
+                        f"{where}: startup, liveness and readiness probes must differ (each "
+                        "asks another question: started, alive, ready for work)"
+                    )
+            pre_stop = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+            if grace < pre_stop + longest:
+                problems.append(
+                    f"{where}: terminationGracePeriodSeconds {grace} is shorter than preStop "
+                    f"{pre_stop} s plus the longest handler ({longest:g} s, [runtime] timeout / "
+                    "event_timeout): a rollout would kill handlers mid-way"
+                )
+    _fail(problems, "the manifests cannot roll out safely")
+
+
+def check_dir(path: Path) -> int:
+    """:func:`check_manifests` on every YAML file under ``path``; the Deployments checked."""
+    if not path.exists():
+        raise ConfigError(f"{path} does not exist: give the folder `cleave build` wrote")
+    files = [path] if path.is_file() else sorted(path.rglob("*.y*ml"))
+    docs: list[dict[str, Any]] = []
+    for file in files:
+        try:
+            docs += [d for d in _yaml.load_all(file.read_text()) if isinstance(d, dict)]
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file} is not valid YAML: {exc}") from None
+    # The base's plan is a file next to its kustomization, not yet a ConfigMap.
+    for toml in sorted(path.rglob("cleave.toml")) if path.is_dir() else []:
+        docs.append({"kind": "ConfigMap", "data": {"cleave.toml": toml.read_text()}})
+        break
+    deployments = sum(1 for d in docs if d.get("kind") == "Deployment")
+    if not deployments:
+        raise ConfigError(f"{path} holds no Kubernetes Deployment to check")
+    check_manifests(docs)
+    return deployments
