@@ -11,8 +11,8 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,23 +50,31 @@ def run(*args: object, cwd: Path | None = None, env: dict[str, str] | None = Non
     return done.stdout
 
 
+#: What the session fixtures made. Test modules import the fixtures, so each module has its
+#: own definitions; this keeps the work (a build, a lock from PyPI) to once per session.
+_made: dict[str, Any] = {}
+
+
 @pytest.fixture(scope="session")
 def grouped_shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the shop whose plan groups services."""
-    root = tmp_path_factory.mktemp("app") / "shop"
-    shutil.copytree(SHOP, root, ignore=shutil.ignore_patterns(".cleave", "__pycache__"))
-    (root / "cleave.toml").write_text((SHOP / "cleave.toml").read_text() + GROUPS)
-    return root
+    if "shop" not in _made:
+        root = tmp_path_factory.mktemp("app") / "shop"
+        shutil.copytree(SHOP, root, ignore=shutil.ignore_patterns(".cleave", "__pycache__"))
+        (root / "cleave.toml").write_text((SHOP / "cleave.toml").read_text() + GROUPS)
+        _made["shop"] = root
+    return _made["shop"]  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="session")
 def built(grouped_shop: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`cleave build --target kubernetes`, locking the requirements for real (uv, PyPI)."""
-    if not (BIN / "uv").exists() and not shutil.which("uv"):
+    if "built" not in _made:
         tool("uv")
-    out = tmp_path_factory.mktemp("build") / "out"
-    cli("build", grouped_shop, "--target", "kubernetes", "--out", out)
-    return out
+        out = tmp_path_factory.mktemp("build") / "out"
+        cli("build", grouped_shop, "--target", "kubernetes", "--out", out)
+        _made["built"] = out
+    return _made["built"]  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="session")
@@ -75,13 +83,15 @@ def lock(built: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def rendered(built: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+def rendered(built: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """`kubectl kustomize` of each overlay, written to a file."""
-    kubectl = tool("kubectl")
-    folder = tmp_path_factory.mktemp("rendered")
-    out = {}
-    for overlay in ("dev", "prod"):
-        text = run(kubectl, "kustomize", built / "kubernetes" / "overlays" / overlay)
-        out[overlay] = folder / f"{overlay}.yaml"
-        out[overlay].write_text(text)
-    return out
+    if "rendered" not in _made:
+        kubectl = tool("kubectl")
+        folder = tmp_path_factory.mktemp("rendered")
+        out = {}
+        for overlay in ("dev", "prod"):
+            text = run(kubectl, "kustomize", built / "kubernetes" / "overlays" / overlay)
+            out[overlay] = folder / f"{overlay}.yaml"
+            out[overlay].write_text(text)
+        _made["rendered"] = out
+    return _made["rendered"]  # type: ignore[no-any-return]

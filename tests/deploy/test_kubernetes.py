@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_support import built, grouped_shop, lock, rendered, run, tool  # noqa: F401
+from deploy_support import built, grouped_shop, lock, rendered, run, tool  # noqa: F401 - fixtures
 from typer.testing import CliRunner
 
 from cleave.cli import app as cli_app
@@ -49,7 +49,8 @@ def test_both_overlays_are_valid_kubernetes_and_a_typo_is_not(
     )
     assert done.returncode != 0, "the misspelt field passed strict validation"
     errors = [line for line in done.stdout.splitlines() if "ERROR" in line]
-    assert errors and all("broken.yaml" in line for line in errors), done.stdout
+    assert errors, done.stdout
+    assert all("broken.yaml" in line for line in errors), done.stdout
     assert any("revisionHistoryLimt" in line for line in errors)
 
 

@@ -27,6 +27,7 @@ from cleave.config import RuntimeSettings
 from cleave.deploy import _yaml
 from cleave.deploy.model import PRE_STOP, Deployment, consumer_policy, handler_timeout
 from cleave.errors import ConfigError
+from cleave.transport.base import ConsumerPolicy
 
 __all__ = ["check_dir", "check_manifests", "check_plan"]
 
@@ -39,11 +40,18 @@ def _fail(problems: list[str], what: str) -> None:
         raise ConfigError(f"{what}: {len(problems)} problem(s)\n{lines}")
 
 
-def check_plan(dep: Deployment) -> None:
-    """The plan's timeouts against each other, per group."""
+def check_plan(
+    dep: Deployment, *, policy: ConsumerPolicy | None = None, grace: int | None = None
+) -> None:
+    """The plan's timeouts against each other, per group.
+
+    ``policy`` and ``grace`` default to what the runtime and the manifests use; a
+    deployer that sets its own (another consumer policy, a shorter grace) checks them here.
+    """
     plan = dep.plan
     problems = []
-    ack_wait = consumer_policy(plan).ack_wait
+    ack_wait = (policy or consumer_policy(plan)).ack_wait
+    grace = dep.grace if grace is None else grace
     longest = handler_timeout(plan)
     for group in dep.groups:
         if group.subscribes and ack_wait <= plan.runtime.event_timeout:
@@ -52,9 +60,9 @@ def check_plan(dep: Deployment) -> None:
                 f"handler may run {plan.runtime.event_timeout:g} s ([runtime] event_timeout); "
                 "JetStream would redeliver events still being handled"
             )
-    if dep.grace < PRE_STOP + longest:
+    if grace < PRE_STOP + longest:
         problems.append(
-            f"grace period {dep.grace} s is shorter than preStop {PRE_STOP} s plus the longest "
+            f"grace period {grace} s is shorter than preStop {PRE_STOP} s plus the longest "
             f"handler ({longest:g} s, [runtime] timeout / event_timeout)"
         )
     _fail(problems, f"{dep.app}: the plan cannot deploy safely")

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cleave.errors import CleaveError
 
@@ -69,7 +70,7 @@ def build_command(
         loaded = load(path)
         written = build(loaded, target, out, overlay=overlay, force=force, lock=lock)
     except CleaveError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     console.print(
         f"{loaded.app.name}: wrote {len(written)} files for {target} in {out}", highlight=False

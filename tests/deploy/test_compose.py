@@ -1,0 +1,86 @@
+"""`cleave build --target compose`: the compose-spec schema, and the init script on PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from deploy_support import built, grouped_shop, lock, run, tool  # noqa: F401 - fixtures
+
+from conftest import cli
+
+
+@pytest.fixture(scope="module")
+def composed(grouped_shop: Path, lock: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("compose") / "out"
+    cli("build", grouped_shop, "--target", "compose", "--out", out, "--lock", lock)
+    return out
+
+
+def services(out: Path) -> dict[str, Any]:
+    return yaml.safe_load((out / "compose.yaml").read_text())["services"]
+
+
+def test_the_compose_file_meets_the_compose_spec(composed: Path) -> None:
+    run(
+        tool("check-jsonschema"),
+        "--builtin-schema",
+        "vendor.compose-spec",
+        composed / "compose.yaml",
+    )
+
+
+def test_a_nats_cluster_of_three_with_jetstream_on_volumes(composed: Path) -> None:
+    found = services(composed)
+    for node in ("nats-1", "nats-2", "nats-3"):
+        command = found[node]["command"]
+        assert "--jetstream" in command
+        routes = command[command.index("--routes") + 1].split(",")
+        assert routes == ["nats://nats-1:6222", "nats://nats-2:6222", "nats://nats-3:6222"]
+        assert found[node]["volumes"] == [f"{node}-data:/data"]
+        assert "healthcheck" in found[node]
+
+
+def test_groups_wait_for_nats_and_their_migrations(composed: Path) -> None:
+    found = services(composed)
+    checkout = found["checkout"]
+    assert checkout["command"] == ["serve", "/app", "--group", "checkout", "--admin-port", "8001"]
+    assert checkout["depends_on"]["migrate-orders"] == {
+        "condition": "service_completed_successfully"
+    }
+    assert checkout["depends_on"]["nats-2"] == {"condition": "service_healthy"}
+    assert "migrate-catalog" not in checkout["depends_on"]
+    assert found["migrate-orders"]["command"] == ["db", "upgrade", "/app", "--service", "orders"]
+    assert found["migrate-orders"]["restart"] == "no"
+    assert found["gateway"]["command"] == ["gateway", "/app", "--port", "8000"]
+    url = checkout["environment"]["CLEAVE_DATABASE_URL_BILLING"]
+    assert url.startswith("postgresql+asyncpg://postgres:${POSTGRES_PASSWORD:?")
+    assert url.endswith("@postgres:5432/shop_billing")
+    assert all("healthcheck" in found[name] for name in ("checkout", "gateway", "postgres"))
+
+
+@pytest.mark.postgres
+async def test_the_init_script_makes_one_database_per_service(composed: Path) -> None:
+    """Run it on the real PostgreSQL, under a unique prefix, then drop what it made."""
+    import asyncpg
+
+    prefix = f"t{uuid.uuid4().hex[:8]}_"
+    script = (composed / "postgres" / "init.sql").read_text().replace('"shop_', f'"{prefix}shop_')
+    conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
+    made: list[str] = []
+    try:
+        for statement in filter(str.strip, script.split(";")):
+            await conn.execute(statement)
+        rows = await conn.fetch(
+            "SELECT datname FROM pg_database WHERE datname LIKE $1", prefix + "%"
+        )
+        made = sorted(r["datname"] for r in rows)
+        services = ["billing", "catalog", "inventory", "notifications", "orders", "shipping"]
+        assert made == [f"{prefix}shop_{s}" for s in services]
+    finally:
+        for name in made:
+            await conn.execute(f'DROP DATABASE "{name}"')
+        await conn.close()
