@@ -96,9 +96,50 @@ def test_a_longer_timeout_in_the_shipped_plan_outgrows_the_grace_period(
             doc["data"]["cleave.toml"] = toml.replace("timeout = 10.0", "timeout = 60.0")
         return doc
 
-    with pytest.raises(ConfigError, match=r"5 problem\(s\)") as caught:
+    with pytest.raises(ConfigError, match=r"10 problem\(s\)") as caught:
         checks.check_dir(edited(rendered["prod"], tmp_path, slower))
-    assert "longest handler (60 s" in str(caught.value)
+    message = str(caught.value)
+    assert "CLEAVE_GRACE 15 s (the drain on SIGTERM) is shorter than the longest handler" in message
+    assert (
+        "terminationGracePeriodSeconds 25 is shorter than preStop 5 s plus the drain (60 s"
+        in message
+    )
+
+
+def set_grace(value: str) -> Any:
+    def change(doc: dict[str, Any]) -> dict[str, Any]:
+        if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "shop-checkout":
+            for e in container(doc)["env"]:
+                if e["name"] == "CLEAVE_GRACE":
+                    e["value"] = value
+        return doc
+
+    return change
+
+
+def test_a_drain_shorter_than_the_handlers_is_caught(
+    rendered: dict[str, Path], tmp_path: Path
+) -> None:
+    with pytest.raises(
+        ConfigError, match=r"1 problem\(s\)\n.*shop-checkout container cleave: CLEAVE_GRACE 5 s"
+    ):
+        checks.check_dir(edited(rendered["prod"], tmp_path, set_grace("5s")))
+
+
+def test_a_drain_longer_than_the_grace_period_is_caught(
+    rendered: dict[str, Path], tmp_path: Path
+) -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"terminationGracePeriodSeconds 25 is shorter than preStop 5 s plus the drain "
+        r"\(120 s",
+    ):
+        checks.check_dir(edited(rendered["prod"], tmp_path, set_grace("2m")))
+
+
+def test_a_drain_that_is_not_a_duration(rendered: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="CLEAVE_GRACE 'soon' is not a duration"):
+        checks.check_dir(edited(rendered["prod"], tmp_path, set_grace("soon")))
 
 
 def test_an_ack_wait_shorter_than_the_event_handlers_is_caught(grouped_shop: Path) -> None:
@@ -115,7 +156,7 @@ def test_a_grace_period_under_the_handlers_in_the_plan_is_caught(grouped_shop: P
     runtime = msgspec.structs.replace(dep.plan.runtime, event_timeout=45.0)
     plan = msgspec.structs.replace(dep.plan, runtime=runtime)
     slow = Deployment(**{**dep.__dict__, "plan": plan})
-    assert slow.grace == 5 + 45 + 5  # the grace period follows the plan
+    assert slow.grace == 5 + 45 + 5 + 5  # the grace period follows the plan
     checks.check_plan(slow)
     with pytest.raises(ConfigError, match="grace period 20 s is shorter than preStop"):
         checks.check_plan(slow, grace=20)

@@ -55,7 +55,10 @@ def test_groups_wait_for_nats_and_their_migrations(composed: Path) -> None:
     assert "migrate-catalog" not in checkout["depends_on"]
     assert found["migrate-orders"]["command"] == ["db", "upgrade", "/app", "--service", "orders"]
     assert found["migrate-orders"]["restart"] == "no"
-    assert found["gateway"]["command"] == ["gateway", "/app", "--port", "8000"]
+    gateway = ["gateway", "/app", "--port", "8000", "--admin-port", "8001"]
+    assert found["gateway"]["command"] == gateway
+    assert checkout["environment"]["CLEAVE_GRACE"] == "15s"
+    assert checkout["stop_grace_period"] == "25s"
     url = checkout["environment"]["CLEAVE_DATABASE_URL_BILLING"]
     assert url.startswith("postgresql+asyncpg://postgres:${POSTGRES_PASSWORD:?")
     assert url.endswith("@postgres:5432/shop_billing")

@@ -117,9 +117,11 @@ def test_a_deployment_per_group_running_cleave_serve(rendered: dict[str, Path]) 
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False
-    # preStop 5 s + the shop's 10 s timeout + 5 s of slack.
+    # The drain: the shop's 10 s timeout + 5 s; the grace: preStop 5 s + drain + 5 s.
+    assert env["CLEAVE_GRACE"]["value"] == "15s"
+    assert env["CLEAVE_ADMIN_HOST"]["value"] == "0.0.0.0"
     assert container["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}
-    assert pod["terminationGracePeriodSeconds"] == 20
+    assert pod["terminationGracePeriodSeconds"] == 25
     probes = [container[p] for p in ("startupProbe", "livenessProbe", "readinessProbe")]
     assert probes[1]["httpGet"]["path"] == "/healthz"
     assert probes[2]["httpGet"]["path"] == "/readyz"
@@ -127,7 +129,8 @@ def test_a_deployment_per_group_running_cleave_serve(rendered: dict[str, Path]) 
     annotations = checkout["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == "8001"
     gateway = deployments["shop-gateway"]["spec"]["template"]["spec"]["containers"][0]
-    assert gateway["args"] == ["gateway", "/app", "--port", "8000"]
+    assert gateway["args"] == ["gateway", "/app", "--port", "8000", "--admin-port", "8001"]
+    assert gateway["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
 
 
 def test_around_each_deployment(rendered: dict[str, Path]) -> None:

@@ -10,11 +10,13 @@ On the plan (:func:`check_plan`):
 On rendered Kubernetes manifests (:func:`check_manifests`, also ``cleave build
 --check DIR`` on a folder or on ``kubectl kustomize`` output, so a hand edit is
 caught too): every Deployment has a PodDisruptionBudget, its three probes differ,
-and its grace period covers the handler timeouts of the plan in its ConfigMap.
+its drain on SIGTERM (``CLEAVE_GRACE``, ``cleave serve --grace``) covers the handler
+timeouts of the plan in its ConfigMap, and its grace period covers preStop and the drain.
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,6 +34,17 @@ from cleave.transport.base import ConsumerPolicy
 __all__ = ["check_dir", "check_manifests", "check_plan"]
 
 PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
+#: ``cleave serve --grace`` when CLEAVE_GRACE does not say.
+DEFAULT_DRAIN = "30s"
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _seconds(text: str) -> float:
+    """``15s``, ``500ms``, ``2m`` or a plain number of seconds."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*(ms|s|m|h)?\s*", str(text))
+    if match is None:
+        raise ConfigError(f"CLEAVE_GRACE {text!r} is not a duration: write e.g. 15s or 2m")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
 def _fail(problems: list[str], what: str) -> None:
@@ -119,11 +132,19 @@ def check_manifests(docs: Iterable[dict[str, Any]]) -> None:
                         "asks another question: started, alive, ready for work)"
                     )
             pre_stop = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
-            if grace < pre_stop + longest:
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            drain = _seconds(env.get("CLEAVE_GRACE") or DEFAULT_DRAIN)
+            if drain < longest:
+                problems.append(
+                    f"{where}: CLEAVE_GRACE {drain:g} s (the drain on SIGTERM) is shorter than "
+                    f"the longest handler ({longest:g} s, [runtime] timeout / event_timeout)"
+                )
+            if grace < pre_stop + max(drain, longest):
                 problems.append(
                     f"{where}: terminationGracePeriodSeconds {grace} is shorter than preStop "
-                    f"{pre_stop} s plus the longest handler ({longest:g} s, [runtime] timeout / "
-                    "event_timeout): a rollout would kill handlers mid-way"
+                    f"{pre_stop} s plus the drain ({max(drain, longest):g} s: CLEAVE_GRACE, and "
+                    "the longest handler of [runtime] timeout / event_timeout): a rollout would "
+                    "kill handlers mid-way"
                 )
     _fail(problems, "the manifests cannot roll out safely")
 

@@ -74,6 +74,8 @@ def _cleave(dep: Deployment, command: list[str], databases: tuple[str, ...]) -> 
     env = {
         "CLEAVE_NATS_URL": ",".join(f"nats://{n}:4222" for n in NODES),
         "CLEAVE_STATE_DIR": "/tmp/cleave",
+        "CLEAVE_ADMIN_HOST": "0.0.0.0",
+        "CLEAVE_GRACE": f"{dep.drain}s",
     }
     for service in databases:
         env[env_name(service)] = (
@@ -157,14 +159,16 @@ def render(dep: Deployment, out: Path) -> None:
     if dep.gateway:
         gport = dep.gateway_port
         services["gateway"] = {
-            **_cleave(dep, ["gateway", APP_DIR, "--port", str(gport)], ()),
+            **_cleave(
+                dep, ["gateway", APP_DIR, "--port", str(gport), "--admin-port", str(port)], ()
+            ),
             "ports": [f"{gport}:{gport}"],
             "depends_on": {
                 **nats_ready,
                 **{g.slug: {"condition": "service_healthy"} for g in dep.groups},
             },
             "healthcheck": {
-                "test": _python_probe(gport, "/healthz"),
+                "test": _python_probe(port, "/readyz"),
                 "interval": "5s",
                 "timeout": "3s",
                 "retries": 12,

@@ -89,6 +89,10 @@ def _env(dep: Deployment, databases: tuple[str, ...], creds: str) -> list[dict[s
         {"name": "CLEAVE_NATS_CA", "value": f"{NATS_CA_DIR}/ca.crt"},
         {"name": "CLEAVE_NATS_CREDENTIALS", "value": f"{NATS_CREDS_DIR}/{creds}.creds"},
         {"name": "CLEAVE_STATE_DIR", "value": "/tmp/cleave"},
+        # The admin port answers the kubelet's probes and Prometheus on the pod's address.
+        {"name": "CLEAVE_ADMIN_HOST", "value": "0.0.0.0"},
+        # On SIGTERM, work in progress gets this long; the pod's grace period covers it.
+        {"name": "CLEAVE_GRACE", "value": f"{dep.drain}s"},
     ]
     for service in databases:
         env.append(
@@ -291,12 +295,15 @@ def _worker(dep: Deployment, group: Group) -> list[dict[str, Any]]:
 def _gateway(dep: Deployment) -> list[dict[str, Any]]:
     name = f"{dep.slug}-gateway"
     port = dep.gateway_port
+    admin = dep.admin_port
     container = {
-        "args": ["gateway", APP_DIR, "--port", str(port)],
+        "args": ["gateway", APP_DIR, "--port", str(port), "--admin-port", str(admin)],
         "env": _env(dep, (), "gateway"),
-        "ports": [{"name": "http", "containerPort": port}],
-        # The gateway answers /healthz on its own port; the probes differ in what they tolerate.
-        **_probes("http", "/healthz", "/healthz"),
+        "ports": [
+            {"name": "http", "containerPort": port},
+            {"name": "admin", "containerPort": admin},
+        ],
+        **_probes("admin", "/readyz", "/healthz"),
         "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP}}},
         "resources": RESOURCES,
     }
@@ -310,8 +317,13 @@ def _gateway(dep: Deployment) -> list[dict[str, Any]]:
             "ports": [{"name": "http", "port": port, "targetPort": "http"}],
         },
     }
+    annotations = {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(admin),
+        "prometheus.io/path": "/metrics",
+    }
     return [
-        _deployment(dep, name, "gateway", 2, pod, {}),
+        _deployment(dep, name, "gateway", 2, pod, annotations),
         service,
         *_around(dep, name, "gateway", 2),
     ]
@@ -322,7 +334,11 @@ def _job(dep: Deployment, service: str) -> dict[str, Any]:
     component = f"migrate-{service}"
     container = {
         "args": ["db", "upgrade", APP_DIR, "--service", service],
-        "env": [e for e in _env(dep, (service,), "") if not e["name"].startswith("CLEAVE_NATS")],
+        "env": [
+            e
+            for e in _env(dep, (service,), "")
+            if e["name"] == "CLEAVE_STATE_DIR" or e["name"].startswith("CLEAVE_DATABASE_URL")
+        ],
         "resources": RESOURCES,
     }
     pod = _pod_spec(dep, f"{dep.slug}-migrate", container, "", needs_nats=False)
@@ -414,7 +430,7 @@ def _policies(dep: Deployment) -> list[dict[str, Any]]:
                 f"{dep.slug}-gateway",
                 {"matchLabels": _labels(dep, "gateway")},
                 policyTypes=["Ingress", "Egress"],
-                ingress=[{"ports": [{"port": dep.gateway_port}]}],
+                ingress=[{"ports": [{"port": dep.gateway_port}]}, _from_monitoring(dep.admin_port)],
                 egress=[_to_nats()],
             )
         )

@@ -18,7 +18,14 @@ from cleave.app import LoadedApp
 from cleave.config import Plan
 from cleave.transport.base import ConsumerPolicy
 
-__all__ = ["Deployment", "Group", "consumer_policy", "handler_timeout"]
+__all__ = [
+    "Deployment",
+    "Group",
+    "consumer_policy",
+    "drain_seconds",
+    "grace_period",
+    "handler_timeout",
+]
 
 #: Where the app lives in the image; every command names it.
 APP_DIR = "/app"
@@ -39,9 +46,14 @@ def handler_timeout(plan: Plan) -> float:
     return max(plan.runtime.timeout, plan.runtime.event_timeout)
 
 
+def drain_seconds(plan: Plan) -> int:
+    """``cleave serve --grace``: work in progress on SIGTERM gets the longest handler, and slack."""
+    return math.ceil(handler_timeout(plan)) + SLACK
+
+
 def grace_period(plan: Plan) -> int:
-    """terminationGracePeriodSeconds: preStop, then the longest handler draining, then slack."""
-    return PRE_STOP + math.ceil(handler_timeout(plan)) + SLACK
+    """terminationGracePeriodSeconds: preStop, then the drain, then slack before SIGKILL."""
+    return PRE_STOP + drain_seconds(plan) + SLACK
 
 
 def dns_name(text: str) -> str:
@@ -104,6 +116,10 @@ class Deployment:
     @property
     def grace(self) -> int:
         return grace_period(self.plan)
+
+    @property
+    def drain(self) -> int:
+        return drain_seconds(self.plan)
 
     def database_name(self, service: str) -> str:
         return f"{self.app}_{service}".lower().replace("-", "_")
