@@ -74,33 +74,59 @@ def test_an_overlay_for_another_target(tmp_path: Path) -> None:
 def test_an_out_folder_that_is_not_empty(tmp_path: Path) -> None:
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "keep.txt").write_text("mine")
-    code, out = build(SHOP, "--target", "github", "--out", tmp_path / "o")
+    code, out = build(SHOP, "--target", "compose", "--out", tmp_path / "o")
     assert code == 2
     assert "is not empty; give an empty folder, or --force to replace it" in out
     assert (tmp_path / "o" / "keep.txt").read_text() == "mine"
-    code, out = build(SHOP, "--target", "github", "--out", tmp_path / "o", "--force")
+
+
+def test_force_replaces_a_previous_build(grouped_shop: Path, lock: Path, tmp_path: Path) -> None:
+    (tmp_path / "o" / "image").mkdir(parents=True)
+    (tmp_path / "o" / "stale.txt").write_text("old")
+    code, out = build(
+        grouped_shop, "--target", "compose", "--out", tmp_path / "o", "--force", "--lock", lock
+    )
     assert code == 0, out
-    assert not (tmp_path / "o" / "keep.txt").exists()
-    assert (tmp_path / "o" / ".github" / "workflows" / "shop.yml").is_file()
+    assert not (tmp_path / "o" / "stale.txt").exists()
+    assert (tmp_path / "o" / "compose.yaml").is_file()
 
 
 def test_force_never_replaces_a_project_folder(tmp_path: Path) -> None:
     (tmp_path / "o" / ".git").mkdir(parents=True)
-    code, out = build(SHOP, "--target", "github", "--out", tmp_path / "o", "--force")
+    code, out = build(SHOP, "--target", "compose", "--out", tmp_path / "o", "--force")
     assert code == 2
     assert "looks like a project folder" in out
     assert (tmp_path / "o" / ".git").is_dir()
 
 
-def test_out_is_a_file(tmp_path: Path) -> None:
+def test_github_writes_into_a_repository_and_replaces_only_with_force(tmp_path: Path) -> None:
+    """The workflow goes into the repository's root, beside what is there."""
+    (tmp_path / ".git").mkdir()
+    (tmp_path / "README.md").write_text("mine")
+    code, out = build(SHOP, "--target", "github", "--out", tmp_path)
+    assert code == 0, out
+    workflow = tmp_path / ".github" / "workflows" / "shop.yml"
+    assert workflow.is_file()
+    assert (tmp_path / "README.md").read_text() == "mine"
+    code, out = build(SHOP, "--target", "github", "--out", tmp_path)
+    assert code == 2
+    assert "shop.yml exists; --force to replace it" in out
+    workflow.write_text("old")
+    code, out = build(SHOP, "--target", "github", "--out", tmp_path, "--force")
+    assert code == 0, out
+    assert workflow.read_text() != "old"
+
+
+@pytest.mark.parametrize("target", ["github", "compose"])
+def test_out_is_a_file(tmp_path: Path, target: str) -> None:
     (tmp_path / "o").write_text("x")
-    code, out = build(SHOP, "--target", "github", "--out", tmp_path / "o")
+    code, out = build(SHOP, "--target", target, "--out", tmp_path / "o")
     assert code == 2
     assert "is a file; give a folder" in out
 
 
 def test_out_is_the_app_folder(grouped_shop: Path) -> None:
-    code, out = build(grouped_shop, "--target", "github", "--out", grouped_shop, "--force")
+    code, out = build(grouped_shop, "--target", "compose", "--out", grouped_shop, "--force")
     assert code == 2
     assert "is the app's own folder" in out
 

@@ -55,24 +55,30 @@ def build(
     dep = Deployment.of(loaded)
     checks.check_plan(dep)
     out = out.resolve()
+    if target == "github":
+        # Into a repository's root: only the workflow file is written, never the folder cleared.
+        workflow = github.path(dep, out)
+        if workflow.exists() and not force:
+            raise ConfigError(f"{workflow} exists; --force to replace it")
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out} is a file; give a folder")
+        github.render(dep, out)
+        return [workflow]
     if out == loaded.root.resolve():
         raise ConfigError(f"--out {out} is the app's own folder; give a folder of its own")
     _prepare(out, force)
-    if target == "github":
-        github.render(dep, out)
+    image.render(dep, out, lock)
+    if target == "compose":
+        compose.render(dep, out)
     else:
-        image.render(dep, out, lock)
-        if target == "compose":
-            compose.render(dep, out)
-        else:
-            kubernetes.render(dep, out / "kubernetes")
-            checks.check_dir(out / "kubernetes" / "base")
-            monitoring.render(dep, out / "monitoring")
-            if overlay is not None:
-                # Only the chosen overlay is kept, for a folder that deploys one environment.
-                for other in OVERLAYS:
-                    if other != overlay:
-                        shutil.rmtree(out / "kubernetes" / "overlays" / other)
+        kubernetes.render(dep, out / "kubernetes")
+        checks.check_dir(out / "kubernetes" / "base")
+        monitoring.render(dep, out / "monitoring")
+        if overlay is not None:
+            # Only the chosen overlay is kept, for a folder that deploys one environment.
+            for other in OVERLAYS:
+                if other != overlay:
+                    shutil.rmtree(out / "kubernetes" / "overlays" / other)
     return sorted(
         p for p in out.rglob("*") if p.is_file() and "app" not in p.relative_to(out).parts[:2]
     )

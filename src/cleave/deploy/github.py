@@ -22,7 +22,7 @@ from typing import Any
 from cleave.deploy import _yaml
 from cleave.deploy.model import Deployment
 
-__all__ = ["render", "workflow"]
+__all__ = ["path", "render", "workflow"]
 
 CHECKOUT = "actions/checkout@v5"
 SETUP_PYTHON = "actions/setup-python@v6"
@@ -183,6 +183,8 @@ def workflow(dep: Deployment) -> dict[str, Any]:
                         "cd deploy/kubernetes/overlays/prod\n"
                         f'kustomize edit set image "{dep.slug}=$IMAGE:$TAG"\n'
                         "kubectl apply -k .\n"
+                        f"kubectl -n {dep.slug} wait --for=condition=complete job "
+                        f"-l app.kubernetes.io/part-of={dep.slug} --timeout=10m\n"
                         f"kubectl -n {dep.slug} rollout status deployment "
                         f"-l app.kubernetes.io/part-of={dep.slug} --timeout=10m\n"
                     ),
@@ -202,9 +204,13 @@ def workflow(dep: Deployment) -> dict[str, Any]:
     }
 
 
+def path(dep: Deployment, out: Path) -> Path:
+    return out / ".github" / "workflows" / f"{dep.slug}.yml"
+
+
 def render(dep: Deployment, out: Path) -> None:
     _yaml.write(
-        out / ".github" / "workflows" / f"{dep.slug}.yml",
+        path(dep, out),
         workflow(dep),
         header=f"CI and delivery of {dep.app}: written by `cleave build --target github`.",
     )
