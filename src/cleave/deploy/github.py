@@ -10,7 +10,8 @@ One workflow, ``<app>.yml``:
 - ``checks`` is the one to mark required: it passes when ``test`` was skipped
   because no service changed, and fails if anything that ran failed;
 - on ``main``, ``image`` builds and pushes the image (``cleave build`` writes the
-  context) and ``rollout`` applies the prod overlay and waits for each Deployment.
+  context) and ``rollout`` applies the prod overlay, waits for the migration Jobs, then
+  for each Deployment.
 """
 
 from __future__ import annotations
