@@ -184,3 +184,10 @@ def test_a_plan_error_stops_before_writing(tmp_path: Path, target: str) -> None:
     assert code == 2
     assert "[groups] x lists 'nope', which is not a service" in out
     assert not (tmp_path / "o").exists()
+
+
+def test_check_of_a_whole_build_folder(built: Path) -> None:
+    """The base's Deployments, with the plan file beside its kustomization."""
+    code, out = build("--check", built)
+    assert code == 0, out
+    assert "5 Deployment(s) pass the checks" in out

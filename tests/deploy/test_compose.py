@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from deploy_support import built, grouped_shop, lock, run, tool  # noqa: F401 - fixtures
@@ -87,3 +91,59 @@ async def test_the_init_script_makes_one_database_per_service(composed: Path) ->
         for name in made:
             await conn.execute(f'DROP DATABASE "{name}"')
         await conn.close()
+
+
+def test_the_nats_nodes_form_a_jetstream_cluster(composed: Path, tmp_path: Path) -> None:
+    """The compose file's own nats-server command lines, run for real on loopback.
+
+    Each container has its own address there; here each node gets its own free ports
+    instead (the only change), and the three must elect a JetStream meta leader.
+    """
+    from cleave.runtime.natsd import find_binary, free_port
+
+    nodes = ["nats-1", "nats-2", "nats-3"]
+    found = services(composed)
+    ports = {n: {"client": free_port(), "route": free_port(), "http": free_port()} for n in nodes}
+    procs = []
+    try:
+        for node in nodes:
+            args = list(found[node]["command"])
+            p = ports[node]
+            args[args.index("--store_dir") + 1] = str(tmp_path / node)
+            args[args.index("--cluster") + 1] = f"nats://127.0.0.1:{p['route']}"
+            routes = args[args.index("--routes") + 1]
+            for other in nodes:
+                routes = routes.replace(f"{other}:6222", f"127.0.0.1:{ports[other]['route']}")
+            args[args.index("--routes") + 1] = routes
+            args[args.index("--http_port") + 1] = str(p["http"])
+            args += ["-a", "127.0.0.1", "-p", str(p["client"])]
+            procs.append(
+                subprocess.Popen(
+                    [find_binary(), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
+            )
+        deadline = time.monotonic() + 60
+        sizes: dict[str, int] = {}
+        while time.monotonic() < deadline:
+            sizes = {}
+            for node in nodes:
+                with contextlib.suppress(httpx.HTTPError):
+                    base = f"http://127.0.0.1:{ports[node]['http']}"
+                    # The compose healthcheck's URL, then the cluster as this node sees it.
+                    health = httpx.get(base + "/healthz?js-enabled-only=true", timeout=2)
+                    meta = httpx.get(base + "/jsz", timeout=2).json().get("meta_cluster", {})
+                    if health.status_code == 200 and meta.get("leader"):
+                        sizes[node] = meta.get("cluster_size", 0)
+            if len(sizes) == 3 and set(sizes.values()) == {3}:
+                break
+            time.sleep(0.5)
+        assert sizes == {"nats-1": 3, "nats-2": 3, "nats-3": 3}
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
