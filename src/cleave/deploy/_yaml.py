@@ -11,7 +11,10 @@ __all__ = ["dump", "load_all", "write"]
 
 
 class _Dumper(yaml.SafeDumper):
-    """Block style, insertion order, and multi-line strings as ``|`` blocks."""
+    """Block style, insertion order, multi-line strings as ``|`` blocks, no anchors."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True  # a shared dict (labels and selector) is written out twice, as people do
 
 
 def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
