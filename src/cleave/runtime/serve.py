@@ -39,7 +39,7 @@ import structlog
 
 from cleave._backoff import backoff
 from cleave.config import mask_url
-from cleave.errors import CleaveError, ConfigError
+from cleave.errors import CleaveError, ConfigError, LifecycleError
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
@@ -97,7 +97,9 @@ def check_placement(loaded: LoadedApp, group: str, replica: int) -> None:
     SQLite is allowed: its file is local to wherever it runs.
     (``cleave up`` runs every replica on one machine, where sharing a file is safe.)
     """
-    services = loaded.groups()[group]
+    services = loaded.groups().get(group)
+    if services is None:
+        return  # the worker says which groups there are
     replicas = max(loaded.plan.service(s).replicas for s in services)
     if replica == 0 and replicas <= 1:
         return
@@ -177,7 +179,7 @@ async def wait_for_nats(
     """Connect to NATS, waiting up to ``total`` seconds for it; None if ``stop`` came first.
 
     Tries again after 0.5, 1, 2 ... up to 5 seconds (with jitter), logging
-    each failure and its reason; raises :class:`ConfigError` once ``total``
+    each failure and its reason; raises :class:`LifecycleError` once ``total``
     has passed. The connection returned reconnects for ever.
     """
     from cleave.transport.nats import connect
@@ -197,7 +199,7 @@ async def wait_for_nats(
                 reason = str(exc)
         left = deadline - time.monotonic()
         if left <= 0:
-            raise ConfigError(
+            raise LifecycleError(
                 f"NATS at {mask_url(url)} did not answer within {total:g}s ({attempt} tries; "
                 f"last: {reason}); start it, fix CLEAVE_NATS_URL / [nats] url, or wait longer "
                 "with --wait-nats"
@@ -233,6 +235,8 @@ async def run(loaded: LoadedApp, options: ServeOptions) -> int:
 
     plan = loaded.plan
     try:
+        if options.role != "gateway":
+            check_placement(loaded, options.group, options.replica)
         url = nats_url(loaded)
         if options.migrate is not None:
             database = msgspec.structs.replace(plan.database, migrate=options.migrate)
@@ -258,8 +262,6 @@ async def run(loaded: LoadedApp, options: ServeOptions) -> int:
             if gateway
             else None,
         )
-        if not gateway:
-            check_placement(loaded, options.group, options.replica)
         nats = _nats_options(loaded)
     except ConfigError as exc:
         log.error("cannot start", error=str(exc))
@@ -291,7 +293,7 @@ async def run(loaded: LoadedApp, options: ServeOptions) -> int:
         return await _drain(worker, options.grace, force)
     except CleaveError as exc:
         log.error("cannot start", error=str(exc))
-        return FAILED
+        return BAD_CONFIG if isinstance(exc, ConfigError) else FAILED
     finally:
         signals.remove()
         await worker.close()
@@ -304,20 +306,23 @@ async def _drain(worker: Worker, grace: float, force: asyncio.Event) -> int:
     log.info("draining", grace=grace, **worker.in_progress())
     draining = asyncio.ensure_future(worker.drain(grace))
     forced = asyncio.ensure_future(force.wait())
-    # The host's steps each get the grace; the whole gets a little more, then gives up.
-    await asyncio.wait({draining, forced}, timeout=grace + 5.0, return_when="FIRST_COMPLETED")
+    # Calls get the grace; the steps after them (consumers, outbox, databases) a bounded while.
+    await asyncio.wait({draining, forced}, timeout=grace + 15.0, return_when="FIRST_COMPLETED")
     forced.cancel()
-    if draining.done():
+    left = worker.in_progress()
+    if not draining.done():
+        why = "a second signal" if force.is_set() else f"draining took over {grace + 15:g}s"
+        draining.cancel()
+        await asyncio.wait({draining}, timeout=5.0)
+    elif draining.exception() is not None:
         error = draining.exception()
-        if error is not None:
-            log.error("draining failed", error=f"{type(error).__name__}: {error}")
-            return FAILED
+        log.error("draining failed", error=f"{type(error).__name__}: {error}")
+        return FAILED
+    elif any(left.values()):
+        why = f"the grace of {grace:g}s ran out"
+    else:
         log.info("stopped: everything in progress finished, outboxes published")
         return OK
-    left = worker.in_progress()
-    why = "a second signal" if force.is_set() else f"the grace of {grace:g}s ran out"
-    draining.cancel()
-    await asyncio.wait({draining}, timeout=5.0)
     if any(left.values()):
         log.error(
             f"stopped by {why}, abandoning work in progress: callers see those calls fail "
