@@ -265,6 +265,36 @@ async def test_sigterm_lets_calls_in_flight_finish_and_publishes_their_events(
         await nc.close()
 
 
+def test_the_gateway_drains_requests_in_flight(
+    tmp_path: Path, nats: Any, procs: list[Served]
+) -> None:
+    """SIGTERM to `cleave gateway` with a request in flight: it is answered, then exit 0."""
+    import concurrent.futures
+
+    from cleave.runtime.natsd import free_port
+
+    env, port = _env(tmp_path, nats.url), free_port()
+    slow = Served(tmp_path / "slow.log", "serve", DRAIN, "-g", "slow", env=env)
+    gateway = Served(tmp_path / "gw.log", "gateway", DRAIN, "--port", port, env=env)
+    procs += [slow, gateway]
+    slow.ready()
+    gateway.ready()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        body = {"name": "via-gateway", "seconds": 3.0}
+        url = f"http://127.0.0.1:{port}/work"
+        answer = pool.submit(httpx.post, url, json=body, timeout=30)
+        wait_until(lambda: slow.admin("/status").json()["in_flight"] == 1, 30)
+        gateway.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: gateway.admin("/readyz").status_code == 503, 10, 0.02)
+        resp = answer.result(30)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["name"] == "via-gateway"
+    assert gateway.exit_code() == 0
+    assert gateway.said("stopped: everything in progress finished, outboxes published")
+    slow.proc.send_signal(signal.SIGTERM)
+    assert slow.exit_code() == 0
+
+
 @pytest.mark.usefixtures("drain_path")
 @pytest.mark.parametrize("how", ["second signal", "grace"])
 async def test_work_abandoned_on_a_second_signal_or_after_the_grace_exits_1(

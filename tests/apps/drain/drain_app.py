@@ -3,6 +3,7 @@
 ``slow.work`` sleeps, then publishes ``Worked`` in a transaction: sent while
 its process drains, it commits its event after SIGTERM, so the event reaches
 the stream only if the drain lets the call finish and then flushes the outbox.
+``POST /work`` at the gateway calls it, for the gateway's own drain.
 """
 
 from __future__ import annotations
@@ -47,4 +48,7 @@ class SlowService(cleave.Service, implements=Slow):
         return Done(name=req.name)
 
 
-app = cleave.App("drain", services=[SlowService])
+gateway = cleave.Gateway(title="drain", version="1.0.0")
+gateway.post("/work", Slow.work, auth="public")
+
+app = cleave.App("drain", services=[SlowService], gateway=gateway)
