@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -112,6 +114,37 @@ async def test_waiting_for_nats_connects_to_a_cluster_member_that_answers(nats_u
         assert nc.connected_url.port == int(nats_url.rsplit(":", 1)[1])
     finally:
         await nc.close()
+
+
+@pytest.fixture
+def guarded_nats(tmp_path: Path) -> Iterator[str]:
+    """A nats-server that wants user u, password p; its address (host:port)."""
+    from cleave.runtime.natsd import EmbeddedNats
+
+    authorization = 'authorization: { user: "u", password: "p" }\n'
+    server = EmbeddedNats(tmp_path / "nats", name="cleave_guarded", authorization=authorization)
+    server.launch()
+    try:
+        yield server.url.removeprefix("nats://")
+    finally:
+        server.shutdown()
+
+
+async def test_refused_credentials_stop_the_wait_at_once(guarded_nats: str) -> None:
+    url = f"nats://u:wrong@{guarded_nats}"
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="refused this process's credentials") as info:
+        await wait_for_nats(url, "test", {"tls": None}, total=60.0, stop=asyncio.Event())
+    assert time.monotonic() - started < 30  # not retried until the 60 s are up
+    assert "wrong" not in str(info.value)  # the URL is shown masked
+
+
+async def test_credentials_in_the_url_are_used(guarded_nats: str) -> None:
+    nc = await wait_for_nats(
+        f"nats://u:p@{guarded_nats}", "test", {"tls": None}, total=30.0, stop=asyncio.Event()
+    )
+    assert nc is not None
+    await nc.close()
 
 
 def _billing_db(tmp_path: Path, folder: Path) -> tuple[str, str]:

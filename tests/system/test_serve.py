@@ -189,6 +189,40 @@ def test_serve_gives_up_when_nats_never_comes(tmp_path: Path, procs: list[Served
     assert f"NATS at {url} did not answer within 2s" in error["error"]
 
 
+def test_serve_connects_over_tls_with_the_ca_it_is_given(
+    tmp_path: Path, procs: list[Served]
+) -> None:
+    """CLEAVE_NATS_CA (as [nats] ca): verified TLS; without it the server is not trusted."""
+    from cleave.runtime.nats_tls import make_certificates, server_block
+    from cleave.runtime.natsd import EmbeddedNats
+
+    certs = make_certificates(tmp_path / "tls")
+    server = EmbeddedNats(tmp_path / "nats", name="cleave_tls", tls=server_block(certs))
+    server.launch()
+    try:
+        assert server.url.startswith("tls://")
+        untrusted = Served(
+            tmp_path / "untrusted.log",
+            "serve",
+            DRAIN,
+            *("-g", "slow", "--wait-nats", "1s"),
+            env=_env(tmp_path, server.url),
+        )
+        procs.append(untrusted)
+        env = {**_env(tmp_path, server.url), "CLEAVE_NATS_CA": str(certs / "ca.pem")}
+        served = Served(tmp_path / "tls.log", "serve", DRAIN, "-g", "slow", env=env)
+        procs.append(served)
+        assert untrusted.exit_code() == 1
+        tried = untrusted.said("waiting for NATS")
+        assert tried is not None
+        assert "CERTIFICATE_VERIFY_FAILED" in tried["error"]
+        served.ready()
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.exit_code() == 0
+    finally:
+        server.shutdown()
+
+
 def _client(nc: Any) -> Any:
     from drain_app import Slow
 
