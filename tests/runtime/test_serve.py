@@ -24,7 +24,7 @@ from cleave.data import migrations
 from cleave.data.database import sqlite_engine
 from cleave.errors import ConfigError, LifecycleError
 from cleave.runtime.guard import Guard
-from cleave.runtime.serve import check_placement, nats_url, wait_for_nats
+from cleave.runtime.serve import _masked, check_placement, nats_url, wait_for_nats
 from cleave.transport.nats import servers
 from conftest import SHOP
 
@@ -45,6 +45,8 @@ def test_a_bad_duration_is_a_one_line_error(text: str) -> None:
 def test_several_nats_urls_are_a_cluster() -> None:
     assert servers("nats://a:4222, nats://b:4222,") == ["nats://a:4222", "nats://b:4222"]
     assert servers("tls://a:4222") == ["tls://a:4222"]
+    masked = _masked("nats://u:p@a:4222,nats://v:q@b:4222")
+    assert masked == "nats://u:***@a:4222,nats://v:***@b:4222"
 
 
 def test_the_nats_url_comes_from_the_environment_first(

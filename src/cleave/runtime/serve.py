@@ -120,6 +120,13 @@ def check_placement(loaded: LoadedApp, group: str, replica: int) -> None:
             )
 
 
+def _masked(url: str) -> str:
+    """``url`` (one or several) with every password as ``***``, for logs and errors."""
+    from cleave.transport.nats import servers
+
+    return ",".join(mask_url(u) for u in servers(url))
+
+
 def _nats_options(loaded: LoadedApp) -> dict[str, Any]:
     """Who this process is on an external NATS, and how it reaches it ([nats] files)."""
     from cleave.runtime.nats_auth import credentials_file
@@ -164,7 +171,7 @@ async def _try_once(url: str, name: str, options: dict[str, Any]) -> str | None:
         reason = reasons[-1] if reasons else f"{type(exc).__name__}: {exc}"
         if "authorization violation" in " ".join(reasons).lower():
             raise ConfigError(
-                f"NATS at {mask_url(url)} refused this process's credentials (authorization "
+                f"NATS at {_masked(url)} refused this process's credentials (authorization "
                 "violation): check [nats] credentials (CLEAVE_NATS_CREDENTIALS) or the user "
                 "and password in the URL"
             ) from None
@@ -200,14 +207,14 @@ async def wait_for_nats(
         left = deadline - time.monotonic()
         if left <= 0:
             raise LifecycleError(
-                f"NATS at {mask_url(url)} did not answer within {total:g}s ({attempt} tries; "
+                f"NATS at {_masked(url)} did not answer within {total:g}s ({attempt} tries; "
                 f"last: {reason}); start it, fix CLEAVE_NATS_URL / [nats] url, or wait longer "
                 "with --wait-nats"
             )
         delay = min(backoff(attempt, base=0.5, cap=5.0, jitter=0.2), left)
         log.warning(
             "waiting for NATS",
-            url=mask_url(url),
+            url=_masked(url),
             attempt=attempt,
             error=reason,
             retry_in=round(delay, 2),
@@ -272,15 +279,16 @@ async def run(loaded: LoadedApp, options: ServeOptions) -> int:
     nc: NatsClient | None = None
     try:
         admin_port = await worker.open_admin()
-        log.info("starting", services=worker.services, admin_port=admin_port, nats=mask_url(url))
+        log.info("starting", services=worker.services, admin_port=admin_port, nats=_masked(url))
         nc = await wait_for_nats(
             url, f"{loaded.app.name}.{worker.label}", nats, total=options.wait_nats, stop=stop
         )
         if nc is None:
             log.info("stopped while waiting for NATS")
             return OK
-        await worker.start(nc)  # a signal meanwhile: it drains once started
-        if not stop.is_set():
+        if not await _start(worker, nc, force):
+            return OK
+        if not stop.is_set():  # a signal while starting: it drains at once
             log.info(
                 "ready",
                 services=worker.services,
@@ -294,11 +302,29 @@ async def run(loaded: LoadedApp, options: ServeOptions) -> int:
     except CleaveError as exc:
         log.error("cannot start", error=str(exc))
         return BAD_CONFIG if isinstance(exc, ConfigError) else FAILED
+    except Exception as exc:  # a database away, say: one line, not a traceback
+        log.error("cannot start", error=f"{type(exc).__name__}: {exc}")
+        return FAILED
     finally:
         signals.remove()
         await worker.close()
         if nc is not None:
             await nc.close()
+
+
+async def _start(worker: Worker, nc: NatsClient, force: asyncio.Event) -> bool:
+    """Start ``worker``; False if a second signal came first (it is then stopped)."""
+    starting = asyncio.ensure_future(worker.start(nc))
+    forced = asyncio.ensure_future(force.wait())
+    await asyncio.wait({starting, forced}, return_when="FIRST_COMPLETED")
+    forced.cancel()
+    if starting.done():
+        starting.result()  # its error, if any
+        return True
+    starting.cancel()
+    await asyncio.wait({starting}, timeout=5.0)
+    log.warning("stopped by a second signal while starting; it had taken no work yet")
+    return False
 
 
 async def _drain(worker: Worker, grace: float, force: asyncio.Event) -> int:
