@@ -1,6 +1,6 @@
 """The pieces of `cleave serve` that need no process: its rules, its checks, its parsing.
 
-The processes themselves are tested in tests/system/test_serve.py.
+The processes themselves are tested in tests/system/test_served.py.
 """
 
 from __future__ import annotations
