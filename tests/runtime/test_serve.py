@@ -26,7 +26,7 @@ from cleave.errors import ConfigError, LifecycleError
 from cleave.runtime.guard import Guard
 from cleave.runtime.serve import _masked, check_placement, nats_url, wait_for_nats
 from cleave.transport.nats import servers
-from conftest import SHOP
+from conftest import ROOT, SHOP
 
 
 @pytest.mark.parametrize(
@@ -234,3 +234,30 @@ def test_an_admin_port_open_to_probes_takes_any_host_but_changes_still_need_the_
     refused = probed.problem("POST", post)
     assert refused is not None
     assert refused[0] == 401
+
+
+def test_an_unknown_group_names_the_groups(tmp_path: Path) -> None:
+    from cleave.runtime.worker import Worker
+
+    with pytest.raises(ConfigError) as info:
+        Worker(load(SHOP, state_dir=tmp_path), role="service", group="payments")
+    assert str(info.value) == (
+        "app shop has no group 'payments'; its groups: catalog, inventory, orders, billing, "
+        "shipping, notifications (cleave.toml [groups]; a service in none is a group of its own)"
+    )
+
+
+def test_the_gateway_of_an_app_without_one_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cleave
+    from cleave.app import LoadedApp
+    from cleave.config import Plan
+    from cleave.runtime.worker import Worker
+
+    monkeypatch.syspath_prepend(str(ROOT / "tests" / "apps" / "drain"))
+    from drain_app import SlowService
+
+    quiet = cleave.App("quiet", services=[SlowService])
+    with pytest.raises(ConfigError, match="app quiet has no gateway"):
+        Worker(LoadedApp(quiet, tmp_path, Plan(), tmp_path), role="gateway")

@@ -118,7 +118,8 @@ class Worker:
         self.names: list[str] = [] if self.gateway else list(groups[group])
         self.label = f"{'gateway' if self.gateway else group}.{replica}"
         self.instance = instance or f"{self.label}-{os.getpid()}"
-        self.version = code_version(loaded)
+        #: The code this process runs (:func:`code_version`), once started.
+        self.version = ""
         self.health = Health()
         self.host: Host | None = None
         self.http: HttpServer | None = None
@@ -156,6 +157,7 @@ class Worker:
         obs = plan.observability
         tracer.configure(enabled=obs.tracing, sample_rate=obs.sample_rate, capacity=obs.spans)
         prefix = plan.nats.prefix
+        self.version = code_version(loaded)
         server = (
             None
             if self.gateway
