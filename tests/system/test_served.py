@@ -136,12 +136,21 @@ def test_the_shop_runs_as_separately_served_groups(
             resp = http.post("/v1/orders", json=body, headers={"Idempotency-Key": f"serve-{i}"})
             assert resp.status_code in (201, 202), resp.text
         wait_until(lambda: all(o["status"] != "pending" for o in snapshot(http)["orders"]), 60)
+        wait_until(lambda: all(_quiet(p) for p in procs[:-1]), 60, 0.5)
         result = check_invariants(before, snapshot(http), http)
     assert result["confirmed"] >= 2, result
     assert result["cancelled"] >= 2, result
     for p in procs:
         p.proc.send_signal(signal.SIGTERM)
     assert [p.exit_code() for p in procs] == [0] * len(procs)
+
+
+def _quiet(served: Served) -> bool:
+    """No event waits in its outboxes or for its consumers: the shop has settled."""
+    status = served.admin("/status").json()
+    return not any(status["outbox"].values()) and not any(
+        c["pending"] for c in status["consumers"].values()
+    )
 
 
 def test_serve_waits_for_nats_that_comes_late(tmp_path: Path, procs: list[Served]) -> None:
