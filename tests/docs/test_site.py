@@ -319,7 +319,8 @@ class Reader:
         [line] = [ln for ln in b.body.splitlines() if ln.strip()]
         line = self.command(line)
         proc = subprocess.Popen(
-            ["bash", "-c", f"exec {line}"],
+            # `env`: a line may start with VAR=value, which `exec` alone takes for the command.
+            ["bash", "-c", f"exec env {line}"],
             cwd=self.project,
             env=self.env,
             stdout=subprocess.PIPE,
