@@ -103,7 +103,10 @@ async def _serve(
             plan,
             names,
             broker=JetStreamBroker(
-                nc, prefix=prefix, max_age=plan.events.retention_days * 24 * 3600.0
+                nc,
+                prefix=prefix,
+                max_age=plan.events.retention_days * 24 * 3600.0,
+                replicas=plan.nats.replicas,
             ),
             data_dir=loaded.data_dir,
             instance=instance,
