@@ -188,3 +188,24 @@ async def test_a_tls_cluster_routes_over_tls(tmp_path: Path) -> None:
             await nc.close()
     finally:
         await cluster.stop()
+
+
+async def test_a_lost_acknowledgement_fails_the_publish_in_time(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ack lost with a dying leader must not hang the outbox: the publish fails, is resent."""
+    import cleave.transport.jetstream as jetstream
+
+    monkeypatch.setattr(jetstream, "ACK_TIMEOUT", 0.5)
+    nc = await connect(nats_url, "cluster-test")
+    try:
+        # A plain subscriber takes the message and never answers, as a dead leader would not.
+        swallowed = await nc.subscribe("cleave.evt.nostream.>")
+        broker = JetStreamBroker(nc)
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match=r"did not acknowledge 1 event\(s\) within 0.5s"):
+            await broker.publish([Outgoing("cleave.evt.nostream.x.v1", b"1", "id-1")])
+        assert time.monotonic() - started < 5
+        await swallowed.unsubscribe()
+    finally:
+        await nc.close()

@@ -60,6 +60,8 @@ log = structlog.get_logger("cleave.jetstream")
 
 #: Messages in one atomic batch (the server's limit is 1,000).
 ATOMIC_MAX = 500
+#: Seconds to wait for JetStream's acknowledgement of a publish before sending it again.
+ACK_TIMEOUT = 5.0
 _WEEK = 7 * 24 * 3600.0
 #: JetStream's answers when it cannot place a stream's replicas (see ``_placement``).
 _NOT_CLUSTERED, _NO_PEERS, _EXISTS = 10074, 10005, 10058
@@ -390,7 +392,7 @@ class JetStreamBroker:
                 "Nats-Batch-Commit": "1",
             }
             reply = await self.nc.request(
-                self._subject(last.subject), last.data, headers=headers, timeout=10
+                self._subject(last.subject), last.data, headers=headers, timeout=ACK_TIMEOUT
             )
         except (TimeoutError, OSError) as exc:
             raise Unavailable(f"JetStream did not acknowledge the events: {exc}") from exc
@@ -399,18 +401,32 @@ class JetStreamBroker:
             raise ValueError(str(answer["error"]))
 
     async def _publish_each(self, group: Sequence[Outgoing]) -> None:
+        # nats-py's acknowledgement futures never time out, and an ack is lost for good
+        # when the stream leader dies or the connection moves to another node: wait a
+        # bounded time, then fail, so the outbox sends again (deduplicated by message id).
+        acks: list[asyncio.Future[Any]] = []
         try:
-            acks = [
-                await self.js.publish_async(
-                    self._subject(m.subject),
-                    m.data,
-                    headers={**m.headers, "Nats-Msg-Id": m.msg_id},
+            for m in group:
+                acks.append(
+                    await self.js.publish_async(
+                        self._subject(m.subject),
+                        m.data,
+                        headers={**m.headers, "Nats-Msg-Id": m.msg_id},
+                    )
                 )
-                for m in group
-            ]
-            await asyncio.gather(*acks)
+            _, late = await asyncio.wait(acks, timeout=ACK_TIMEOUT)
+            if late:
+                raise Unavailable(
+                    f"JetStream did not acknowledge {len(late)} event(s) within "
+                    f"{ACK_TIMEOUT:g}s (a NATS node may have gone); they are sent again"
+                )
+            for ack in acks:
+                ack.result()
         except (TimeoutError, nats.errors.Error, OSError) as exc:
             raise Unavailable(f"JetStream did not acknowledge the events: {exc}") from exc
+        finally:
+            for ack in acks:
+                ack.cancel()  # no-op once done; frees nats-py's slot otherwise
 
     async def subscribe(
         self,
