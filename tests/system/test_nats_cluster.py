@@ -7,9 +7,13 @@ Idempotency-Key, retrying on failure. Meanwhile:
 1. one NATS node (not the one leading the orders stream) is SIGKILLed; the
    supervisor restarts it and it catches up;
 2. the node leading the orders stream (``CLEAVE_ORDERS``) is SIGKILLed; the
-   other two elect a new leader, and the supervisor restarts the dead one.
+   supervisor restarts it at once (it is usually back, and leading again,
+   before the other two's election timeout);
+3. the node leading the orders stream then hangs (SIGSTOP): nothing restarts
+   it, so the other two must elect a new leader and clients connected to it
+   must notice (pings) and move; then it is let go (SIGCONT) and catches up.
 
-After each kill the test measures, and prints, how long until the stream
+After each the test measures, and prints, how long until the stream
 has a leader again, until the killed node is back and healthy, and until an
 order placed after the kill is confirmed or cancelled (orders flow again).
 Once the load ends and everything settles, the crash test's invariants
@@ -20,9 +24,11 @@ stock exact, no dead letters.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import random
 import shutil
+import signal
 import threading
 import time
 from pathlib import Path
@@ -77,8 +83,11 @@ def nodes(state_dir: Path) -> list[dict[str, Any]]:
     return found
 
 
-def leader(state_dir: Path) -> int | None:
-    return stream_leader([(n["name"], n["monitor_url"]) for n in nodes(state_dir)], STREAM)
+def leader(state_dir: Path, skip: str = "") -> str:
+    """The name of the node leading the orders stream ("": none now), ``skip`` aside."""
+    found = [n for n in nodes(state_dir) if n["name"] != skip]
+    index = stream_leader([(n["name"], n["monitor_url"]) for n in found], STREAM)
+    return "" if index is None else str(found[index]["name"])
 
 
 def healthy(node: dict[str, Any]) -> bool:
@@ -93,21 +102,24 @@ def healthy(node: dict[str, Any]) -> bool:
 class Kill:
     """One SIGKILL of a NATS node and what followed, in seconds from the kill."""
 
-    def __init__(self, state_dir: Path, index: int, probe: Client, http: Api) -> None:
-        import os
-        import signal
-
+    def __init__(
+        self, state_dir: Path, index: int, probe: Client, http: Api, sig: int = signal.SIGKILL
+    ) -> None:
         self.state_dir = state_dir
         self.index = index
+        self.sig = signal.Signals(sig).name
         node = nodes(state_dir)[index]
         self.name = node["name"]
-        os.kill(node["pid"], signal.SIGKILL)
+        os.kill(node["pid"], sig)
         self.at = time.monotonic()
-        # A new leader of the orders stream (the killed node may have led it).
-        wait_until(lambda: leader(state_dir) is not None, timeout=60, interval=0.05)
+        # A new leader of the orders stream (the killed node may have led it; a hung one
+        # still says so to itself, but its peers elect another).
+        alive = lambda: leader(state_dir, skip=self.name if sig == signal.SIGSTOP else "")  # noqa: E731
+        self.new_leader = wait_until(alive, timeout=60, interval=0.05)
         self.leader = time.monotonic() - self.at
         # An order placed now goes through to the end.
-        plan = plans(random.Random(index), 1)[0] | {"key": f"probe-{self.name}"}
+        key = f"probe-{self.name}-{self.sig}-{self.at}"
+        plan = plans(random.Random(index), 1)[0] | {"key": key}
         placed = probe.place(plan)
         assert placed is not None, "the probe order was never accepted"
         probe.results[plan["key"]] = placed
@@ -118,6 +130,8 @@ class Kill:
 
         wait_until(final, timeout=60, interval=0.1)
         self.flowing = time.monotonic() - self.at
+        if sig == signal.SIGSTOP:
+            os.kill(node["pid"], signal.SIGCONT)
 
         def back() -> bool:
             node = nodes(state_dir)[index]
@@ -128,8 +142,9 @@ class Kill:
 
     def __str__(self) -> str:
         return (
-            f"{self.name}: stream leader after {self.leader:.2f}s, an order through after "
-            f"{self.flowing:.2f}s, node back and current after {self.back:.2f}s"
+            f"{self.name} ({self.sig}): stream leader ({self.new_leader}) after "
+            f"{self.leader:.2f}s, an order through after {self.flowing:.2f}s, node back and "
+            f"current after {self.back:.2f}s"
         )
 
 
@@ -163,13 +178,15 @@ def test_the_shop_rides_over_nats_node_deaths(tmp_path: Path) -> None:
             c.start()
         wait_until(lambda: len(results) >= 10, timeout=60)  # orders flow
 
-        wait_until(lambda: leader(state) is not None, timeout=30)
-        follower = next(i for i in range(3) if i != leader(state))
+        names = [n["name"] for n in nodes(state)]
+        first = wait_until(lambda: leader(state), timeout=30)
+        follower = next(i for i, name in enumerate(names) if name != first)
         kills = [Kill(state, follower, probe, http)]
-        wait_until(lambda: leader(state) is not None, timeout=30)
-        chief = leader(state)
-        assert chief is not None
+        chief = names.index(wait_until(lambda: leader(state), timeout=30))
         kills.append(Kill(state, chief, probe, http))
+        # A hung leader (SIGSTOP) is not restarted: the other two must elect a new one.
+        hung = names.index(wait_until(lambda: leader(state), timeout=30))
+        kills.append(Kill(state, hung, probe, http, signal.SIGSTOP))
         for kill in kills:
             print(f"\n  killed {kill}", end="")
 

@@ -157,7 +157,10 @@ class EmbeddedNats:
             f'listen: "{_host(self.host)}:{self.port}"\n'
             + (f'http: "{_host(self.host)}:{self.monitor_port}"\n' if self.monitor_port else "")
             + "max_payload: 8MB\n"
-            "jetstream {\n"
+            # In a cluster, a hung peer (or client) must be dropped in seconds, not the
+            # default minutes: its routes still hold its clients' interest meanwhile.
+            + ('ping_interval: "2s"\nping_max: 3\n' if self.cluster else "")
+            + "jetstream {\n"
             f'  store_dir: "{store}"\n'
             + ('  sync_interval: "always"\n' if self.sync_always else "")
             + "}\n"
