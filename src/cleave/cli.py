@@ -22,6 +22,8 @@
     cleave contracts snapshot [APP]           write APP/contracts.lock.json
     cleave contracts check [APP] [--against]  breaking changes since the lock (or a file, a git ref)
     cleave contracts asyncapi [APP]           an AsyncAPI 3 document of the events
+    cleave coupling [APP] [--repo PATH]       when to split and when to merge, from history
+    cleave build [APP] --target T --out DIR   Kubernetes, compose or GitHub Actions artifacts
 
 APP is the app's folder (holding cleave.toml); left out, the current folder
 or the nearest one above it with a cleave.toml.
@@ -45,6 +47,7 @@ from rich.table import Table
 
 from cleave.app import LoadedApp, load
 from cleave.config import mask_url
+from cleave.deploy.command import build_command as _build_command
 from cleave.errors import CleaveError
 
 if TYPE_CHECKING:
@@ -839,6 +842,11 @@ def contracts_asyncapi(path: AppArg = None, output: OutputOpt = None) -> None:
         console.print(f"{loaded.app.name}: wrote {target}", highlight=False)
 
 
+from cleave.coupling.command import coupling as _coupling  # noqa: E402 - registered here
+
+app.command("coupling")(_coupling)
+
+
 def _uptime(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -848,6 +856,10 @@ def _uptime(seconds: float | None) -> str:
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+# `cleave build`: see cleave.deploy.
+app.command("build")(_build_command)
 
 
 def main() -> None:
