@@ -113,8 +113,10 @@ def test_nats_cluster_mistakes_are_named(tmp_path: Path, text: str, match: str) 
         ("cluster = 5", 5, 3),
         ("cluster = 5\nstream_replicas = 5", 5, 5),
         ("cluster = 3\nstream_replicas = 1", 3, 1),
-        # An external cluster: Cleave cannot count its nodes, so the plan says.
-        ("url = 'nats://n1:4222,nats://n2:4222'\nstream_replicas = 3", 1, 3),
+        # An external cluster: known by its nodes' URLs, or the plan says.
+        ("url = 'nats://n1:4222,nats://n2:4222,nats://n3:4222'", 1, 3),
+        ("url = 'nats://n1:4222,nats://n2:4222'", 1, 1),
+        ("url = 'nats://n1:4222,nats://n2:4222'\nstream_replicas = 2", 1, 2),
     ],
 )
 def test_stream_replicas_default_to_three_on_a_cluster(

@@ -46,7 +46,8 @@ plan, with the defaults::
                                   #   its nodes' client ports are port, port+1, ...)
     cluster = 1                   # embedded servers: 1, or a JetStream cluster of 3 or more
                                   #   nodes on loopback (3 survives a node's death, 5 two)
-    stream_replicas = 0           # nodes each stream is kept on; 0: 3 in a cluster, else 1
+    stream_replicas = 0           # nodes each stream is kept on; 0: 3 in a cluster (or with 3+
+                                  #   URLs in url), else 1
     prefix = "cleave"             # first subject token: apps sharing a NATS server differ here
     auth = true                   # the embedded server: one NATS identity per service group
     tls = false                   # the embedded server and every client over TLS (a CA made
@@ -292,7 +293,17 @@ class NatsSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     @property
     def replicas(self) -> int:
         """The stream replicas in effect: ``stream_replicas``, or its default."""
-        return self.stream_replicas or (3 if self.cluster >= 3 else 1)
+        return self.replicas_for(self.url)
+
+    def replicas_for(self, url: str) -> int:
+        """The stream replicas for a connection to ``url``: 3 on a cluster (3+ URLs), else 1.
+
+        An external cluster is known by its URLs, comma-separated, one per node.
+        """
+        if self.stream_replicas:
+            return self.stream_replicas
+        nodes = len([u for u in url.split(",") if u.strip()])
+        return 3 if max(self.cluster, nodes) >= 3 else 1
 
 
 class ObservabilitySettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

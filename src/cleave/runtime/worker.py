@@ -106,7 +106,7 @@ async def _serve(
                 nc,
                 prefix=prefix,
                 max_age=plan.events.retention_days * 24 * 3600.0,
-                replicas=plan.nats.replicas,
+                replicas=plan.nats.replicas_for(url),
             ),
             data_dir=loaded.data_dir,
             instance=instance,
