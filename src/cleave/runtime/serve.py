@@ -286,7 +286,7 @@ async def run(loaded: LoadedApp, options: ServeOptions) -> int:
         if nc is None:
             log.info("stopped while waiting for NATS")
             return OK
-        if not await _start(worker, nc, force):
+        if not await _start(worker, nc, url, force):
             return OK
         if not stop.is_set():  # a signal while starting: it drains at once
             log.info(
@@ -312,9 +312,9 @@ async def run(loaded: LoadedApp, options: ServeOptions) -> int:
             await nc.close()
 
 
-async def _start(worker: Worker, nc: NatsClient, force: asyncio.Event) -> bool:
+async def _start(worker: Worker, nc: NatsClient, url: str, force: asyncio.Event) -> bool:
     """Start ``worker``; False if a second signal came first (it is then stopped)."""
-    starting = asyncio.ensure_future(worker.start(nc))
+    starting = asyncio.ensure_future(worker.start(nc, url))
     forced = asyncio.ensure_future(force.wait())
     await asyncio.wait({starting, forced}, return_when="FIRST_COMPLETED")
     forced.cancel()

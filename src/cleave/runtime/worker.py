@@ -145,8 +145,11 @@ class Worker:
             await self.admin.start()
         return self.admin.port
 
-    async def start(self, nc: NatsClient) -> None:
-        """Start the services (or the gateway) on ``nc``; the process is ready after this."""
+    async def start(self, nc: NatsClient, url: str) -> None:
+        """Start the services (or the gateway) on ``nc``, connected to ``url``; then it is ready.
+
+        ``url`` (every server of a cluster, comma-separated) sets the streams' default replicas.
+        """
         from cleave.gateway.asgi import build_asgi
         from cleave.gateway.auth import Authenticator
         from cleave.gateway.limits import RateLimiter
@@ -168,7 +171,10 @@ class Worker:
             plan,
             self.names,
             broker=JetStreamBroker(
-                nc, prefix=prefix, max_age=plan.events.retention_days * 24 * 3600.0
+                nc,
+                prefix=prefix,
+                max_age=plan.events.retention_days * 24 * 3600.0,
+                replicas=plan.nats.replicas_for(url),
             ),
             data_dir=loaded.data_dir,
             instance=self.instance,
@@ -268,7 +274,7 @@ async def _serve(
     url = loaded.plan.nats.url or args.nats
     nc = await connect(url, f"{loaded.app.name}.{worker.label}", **_nats_options(loaded, args))
     try:
-        await worker.start(nc)
+        await worker.start(nc, url)
         assert worker.admin is not None
         structlog.get_logger("cleave.worker").info(
             "worker ready", services=worker.services, version=worker.version, pid=os.getpid()
