@@ -6,6 +6,8 @@
     cleave up [APP] [--port 8000] [--detach]  one process per service group, over NATS
     cleave ps [APP] [--json]                  the processes of a running `cleave up`
     cleave down [APP]                         stop a running `cleave up`
+    cleave serve [APP] --group G              one group in the foreground, on your NATS
+    cleave gateway [APP] [--port 8000]        the gateway alone, in the foreground, on your NATS
     cleave token [APP] --sub ID [--scope S]   a dev token for the gateway (Authorization: Bearer)
     cleave status [APP]                       outbox backlogs, consumers, sagas of each worker
     cleave scale SERVICE=N [APP]              add or drain workers of a running app
@@ -43,6 +45,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cleave._serve_cli import gateway as gateway_command
+from cleave._serve_cli import serve as serve_command
 from cleave.app import LoadedApp, load
 from cleave.config import mask_url
 from cleave.errors import CleaveError
@@ -161,6 +165,11 @@ def up(
     except CleaveError as exc:
         _fail(str(exc))
     raise typer.Exit(code)
+
+
+# One group, or the gateway, run by a scheduler against an external NATS.
+app.command("serve")(serve_command)
+app.command("gateway")(gateway_command)
 
 
 def _auth_lines(loaded: LoadedApp) -> None:

@@ -33,6 +33,9 @@ plan, with the defaults::
                                   # files in .cleave/data (CLEAVE_DATABASE_URL overrides it)
     synchronous = "full"          # SQLite: a commit returns once it is on disk (group commit);
                                   # "normal": faster, survives a killed process, not a power cut
+    migrate = true                # upgrade each database to its newest migration on start;
+                                  # false: refuse to start on a database behind the code (run
+                                  # `cleave db upgrade` first; `cleave serve --no-migrate`)
 
     [events]
     retention_days = 7.0          # how long streams keep events (JetStream's max_age); inboxes
@@ -265,6 +268,9 @@ class HealthSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=
 class DatabaseSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     url: str = ""
     synchronous: str = "full"
+    #: Upgrade each database to its newest migration on start; False: only check it is
+    #: not behind (``cleave db upgrade`` is a step of its own, run before the workers).
+    migrate: bool = True
 
     def __post_init__(self) -> None:
         check_synchronous(self.synchronous)
