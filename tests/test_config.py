@@ -85,3 +85,49 @@ def test_environment_variables_in_urls(tmp_path: Path, monkeypatch: pytest.Monke
 def test_bad_groups(groups: dict[str, tuple[str, ...]], match: str) -> None:
     with pytest.raises(cleave.ConfigError, match=match):
         Plan(groups=groups).groups_for(["a", "b"])
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("cluster = 2", r"cluster = 2: use 1 .* or 3 to 9 nodes; JetStream needs a majority"),
+        ("cluster = -1", r"cluster = -1: use 1"),
+        ("cluster = 10", r"cluster = 10: use 1"),
+        ("stream_replicas = 3", r"stream_replicas = 3 but cluster = 1: each replica needs"),
+        ("cluster = 3\nstream_replicas = 6", r"stream_replicas = 6: use 1 to 5"),
+        ("cluster = 3\nstream_replicas = -1", r"stream_replicas = -1: use 1 to 5"),
+        ("cluster = 3\nurl = 'nats://n1:4222'", r"url names an external NATS: drop one"),
+    ],
+)
+def test_nats_cluster_mistakes_are_named(tmp_path: Path, text: str, match: str) -> None:
+    (tmp_path / "cleave.toml").write_text(f"[nats]\n{text}\n")
+    with pytest.raises(cleave.ConfigError, match=match):
+        load_plan(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "cluster", "replicas"),
+    [
+        ("", 1, 1),
+        ("cluster = 3", 3, 3),
+        ("cluster = 5", 5, 3),
+        ("cluster = 5\nstream_replicas = 5", 5, 5),
+        ("cluster = 3\nstream_replicas = 1", 3, 1),
+        # An external cluster: Cleave cannot count its nodes, so the plan says.
+        ("url = 'nats://n1:4222,nats://n2:4222'\nstream_replicas = 3", 1, 3),
+    ],
+)
+def test_stream_replicas_default_to_three_on_a_cluster(
+    tmp_path: Path, text: str, cluster: int, replicas: int
+) -> None:
+    (tmp_path / "cleave.toml").write_text(f"[nats]\n{text}\n")
+    nats = load_plan(tmp_path).nats
+    assert (nats.cluster, nats.replicas) == (cluster, replicas)
+
+
+def test_a_cluster_url_is_masked_node_by_node() -> None:
+    from cleave.config import mask_url
+
+    assert mask_url("nats://u:pw@n1:4222,nats://u:pw@n2:4222") == (
+        "nats://u:***@n1:4222,nats://u:***@n2:4222"
+    )

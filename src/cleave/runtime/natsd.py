@@ -78,8 +78,19 @@ def binary_version(binary: str) -> tuple[int, int, int]:
     return major, minor, patch
 
 
+def _host(host: str) -> str:
+    """``host`` as it goes in a URL or a ``listen`` address (an IPv6 one in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
 class EmbeddedNats:
-    """A nats-server child process with JetStream."""
+    """A nats-server child process with JetStream.
+
+    One node of a cluster (see :mod:`cleave.runtime.natscluster`) gets a
+    fixed ``server_name`` (JetStream knows its peers by name, so it must
+    survive a restart), a ``cluster`` block, a monitoring port and, to run
+    it elsewhere (a network namespace), a ``host`` and an ``argv_prefix``.
+    """
 
     def __init__(
         self,
@@ -91,8 +102,22 @@ class EmbeddedNats:
         sync_always: bool = True,
         authorization: str = "",
         tls: str = "",
+        host: str = "127.0.0.1",
+        server_name: str = "",
+        cluster: str = "",
+        monitor_port: int | None = None,
+        argv_prefix: tuple[str, ...] = (),
     ) -> None:
         self.store_dir = store_dir
+        #: The address it listens on (clients, monitoring) and is reached at.
+        self.host = host
+        #: The ``cluster`` block (routes to its peers); "": a lone server.
+        self.cluster = cluster
+        #: The monitoring (HTTP) port: None for none, 0 for a free one.
+        self.monitor_port = monitor_port
+        self._fixed_monitor = monitor_port
+        #: Prepended to the command line, e.g. ``("ip", "netns", "exec", "ns1")``.
+        self.argv_prefix = argv_prefix
         #: The ``authorization`` block (see :mod:`cleave.runtime.nats_auth`); "": none.
         self.authorization = authorization
         #: The ``tls`` block (see :mod:`cleave.runtime.nats_tls`); "": plain TCP.
@@ -105,12 +130,21 @@ class EmbeddedNats:
         self.binary = binary
         self.name = re.sub(r"[^A-Za-z0-9_-]", "_", name)
         # Unique, so a greeting from another server on our port is not taken for ours.
-        self.server_name = f"{self.name}_{os.urandom(3).hex()}"
+        self.server_name = server_name or f"{self.name}_{os.urandom(3).hex()}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://{_host(self.host)}:{self.port}"
+
+    @property
+    def monitor_url(self) -> str:
+        """Its monitoring endpoint (``/healthz``, ``/jsz``); "" without one."""
+        return f"http://{_host(self.host)}:{self.monitor_port}" if self.monitor_port else ""
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     @property
     def pid(self) -> int | None:
@@ -120,14 +154,16 @@ class EmbeddedNats:
         store = str(self.store_dir).replace("\\", "/")
         return (
             f'server_name: "{self.server_name}"\n'
-            f'listen: "127.0.0.1:{self.port}"\n'
-            "max_payload: 8MB\n"
+            f'listen: "{_host(self.host)}:{self.port}"\n'
+            + (f'http: "{_host(self.host)}:{self.monitor_port}"\n' if self.monitor_port else "")
+            + "max_payload: 8MB\n"
             "jetstream {\n"
             f'  store_dir: "{store}"\n'
             + ('  sync_interval: "always"\n' if self.sync_always else "")
             + "}\n"
             + self.authorization
             + self.tls
+            + self.cluster
         )
 
     def _check_binary(self) -> str:
@@ -142,7 +178,9 @@ class EmbeddedNats:
 
     def _spawn(self, binary: str) -> None:
         if self._fixed_port == 0:
-            self.port = free_port()
+            self.port = free_port(self.host)
+        if self._fixed_monitor == 0:
+            self.monitor_port = free_port(self.host)
         conf = self.store_dir / "nats-server.conf"
         # It may hold passwords: readable by its owner only, from the first byte.
         conf.unlink(missing_ok=True)
@@ -151,7 +189,7 @@ class EmbeddedNats:
         prepare()
         with open(self.store_dir / "nats-server.log", "ab") as log:
             self.proc = subprocess.Popen(
-                [binary, "-c", str(conf)],
+                [*self.argv_prefix, binary, "-c", str(conf)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=die_with_parent,  # libc loaded by prepare(): nothing to load post-fork
@@ -168,7 +206,7 @@ class EmbeddedNats:
         if self.proc.poll() is not None:
             return False
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+            with socket.create_connection((self.host, self.port), timeout=0.5) as conn:
                 greeting = conn.recv(4096)
         except OSError:
             return None
@@ -218,6 +256,13 @@ class EmbeddedNats:
         """:meth:`start`, for code without an event loop (test fixtures, tools)."""
         for pause in self._starting(timeout):
             time.sleep(pause)
+
+    def kill(self) -> None:
+        """SIGKILL it, as a crash would, and reap it; :meth:`start` runs it again."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """:meth:`stop`, for code without an event loop."""

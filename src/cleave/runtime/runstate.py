@@ -4,8 +4,9 @@
   supervisor runs, so a second ``cleave up`` of the same app stops at once
   with a clear error; the kernel lets go of it when the supervisor dies.
 - ``supervisor.json`` (:func:`write`) says where the supervisor runs: its
-  pid and status, its control port, the gateway, dashboard and NATS URLs and
-  its children's pids. ``cleave ps`` and ``cleave down`` read it through
+  pid and status, its control port, the gateway, dashboard and NATS URLs (a
+  cluster's, comma-separated; each node, with its monitoring URL and pid,
+  under ``nats_nodes``) and its children's pids. ``cleave ps`` and ``cleave down`` read it through
   :mod:`cleave.runtime.control`, which owns the file itself.
 """
 
@@ -62,6 +63,8 @@ def write(sup: Supervisor, status: str) -> None:
     children = [c.pid for c in sup.children if c.pid is not None]
     if sup.nats is not None and sup.nats.pid is not None:
         children.append(sup.nats.pid)
+    nodes = sup.cluster.describe() if sup.cluster is not None else []
+    children += [n["pid"] for n in nodes if n["pid"] is not None]
     control.write_state(
         sup.loaded,
         {
@@ -71,7 +74,9 @@ def write(sup: Supervisor, status: str) -> None:
             "control_port": sup.control.port,
             "gateway_url": sup.gateway_url,
             "dashboard_url": sup.dashboard_url,
-            "nats_url": mask_url(sup.nats_url),  # an external URL may hold a password
+            # Comma-separated for a cluster; an external URL may hold a password.
+            "nats_url": mask_url(sup.nats_url),
+            "nats_nodes": nodes,
             "started_at": sup.started_at,
             "children": children,
         },

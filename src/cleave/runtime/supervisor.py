@@ -1,13 +1,14 @@
 """The supervisor of the processes placement (``cleave up``).
 
 It starts, in order: the embedded nats-server (unless ``[nats] url`` names
-one), one worker process per service group and replica, then the gateway
-worker (on a socket the supervisor binds, so a busy port fails at once and a
-restarted gateway needs no rebind). It answers ``cleave ps`` and ``cleave
-down`` on a loopback control API, and on Ctrl-C, SIGTERM or ``cleave down``
-stops the gateway, then the workers (each drains), then NATS, leaving no
-process behind. Its children die with it even if it is killed
-(``PR_SET_PDEATHSIG``).
+one; with ``[nats] cluster = 3`` or more, a JetStream cluster of that many
+nodes, each restarted if it dies), one worker process per service group and
+replica, then the gateway worker (on a socket the supervisor binds, so a
+busy port fails at once and a restarted gateway needs no rebind). It answers
+``cleave ps`` and ``cleave down`` on a loopback control API, and on Ctrl-C,
+SIGTERM or ``cleave down`` stops the gateway, then the workers (each
+drains), then NATS, leaving no process behind. Its children die with it even
+if it is killed (``PR_SET_PDEATHSIG``).
 
 :class:`Supervisor` puts these parts together:
 
@@ -41,7 +42,8 @@ from cleave.runtime.guard import TOKEN_HEADER, Guard, make_token, token_path
 from cleave.runtime.health import HealthMonitor
 from cleave.runtime.http import HttpServer, bind, bind_admin
 from cleave.runtime.nats_auth import GATEWAY, identity_path, make_identities, server_authorization
-from cleave.runtime.nats_tls import make_certificates, server_block, tls_dir
+from cleave.runtime.nats_tls import make_certificates, route_block, server_block, tls_dir
+from cleave.runtime.natscluster import EmbeddedCluster, NodeSpec
 from cleave.runtime.natsd import EmbeddedNats
 from cleave.runtime.operations import Operations
 from cleave.runtime.sources import FleetSource
@@ -69,6 +71,9 @@ class Supervisor:
         self.port = loaded.plan.gateway.port if port is None else port
         self.console = console or Console(stderr=True)
         self.nats: EmbeddedNats | None = None
+        #: The embedded cluster, with ``[nats] cluster`` of 3 or more (then ``nats`` is None).
+        self.cluster: EmbeddedCluster | None = None
+        self._cluster_watch: asyncio.Task[None] | None = None
         self.nats_url = loaded.plan.nats.url
         self.gateway_url = ""
         self.control: HttpServer | None = None
@@ -159,22 +164,7 @@ class Supervisor:
         await self.control.start()
         self._write_state("starting")
         if not self.nats_url:
-            plan = self.loaded.plan.nats
-            self.nats = EmbeddedNats(
-                self.loaded.state_dir / "nats",
-                port=plan.port,
-                binary=plan.binary,
-                name=f"cleave_{self.loaded.app.name}",
-                authorization=self._nats_identities() if plan.auth else "",
-                tls=server_block(make_certificates(tls_dir(self.loaded))) if plan.tls else "",
-            )
-            await self.nats.start()
-            self.nats_url = self.nats.url
-            auth = "one identity per service group" if plan.auth else "no authentication"
-            self._say(
-                f"nats-server on {self.nats_url} (JetStream in {self.loaded.state_dir / 'nats'}; "
-                f"{auth})"
-            )
+            await self._start_nats()
         self.workers.nats_url = self.nats_url
         for group, services in self.loaded.groups().items():
             replicas = max(self.loaded.plan.service(s).replicas for s in services)
@@ -190,6 +180,53 @@ class Supervisor:
             await self.workers.spawn(gateway)
             await self.workers.await_ready([gateway])
             self.gateway_url = f"http://{gw.host}:{self._gateway_sock.getsockname()[1]}"
+
+    async def _start_nats(self) -> None:
+        """The embedded nats-server, or cluster of them; sets :attr:`nats_url`."""
+        plan = self.loaded.plan.nats
+        authorization = self._nats_identities() if plan.auth else ""
+        certificates = make_certificates(tls_dir(self.loaded)) if plan.tls else None
+        tls = server_block(certificates) if certificates is not None else ""
+        auth = "one identity per service group" if plan.auth else "no authentication"
+        name = f"cleave_{self.loaded.app.name}"
+        if plan.cluster >= 3:
+            store = self.loaded.state_dir / "nats-cluster"
+            self.cluster = EmbeddedCluster(
+                store,
+                plan.cluster,
+                binary=plan.binary,
+                name=name,
+                authorization=authorization,
+                tls=tls,
+                route_tls=route_block(certificates) if certificates is not None else "",
+                nodes=[
+                    NodeSpec(port=plan.port + i if plan.port else 0) for i in range(plan.cluster)
+                ],
+            )
+            await self.cluster.start()
+            self.nats_url = self.cluster.url
+            self._cluster_watch = asyncio.get_running_loop().create_task(
+                self.cluster.keep_running(self._stop, self._say, self._write_state)
+            )
+            self._say(
+                f"NATS cluster of {plan.cluster} nodes on {self.nats_url} (JetStream in {store}, "
+                f"{plan.replicas} replicas per stream; {auth})"
+            )
+            return
+        self.nats = EmbeddedNats(
+            self.loaded.state_dir / "nats",
+            port=plan.port,
+            binary=plan.binary,
+            name=name,
+            authorization=authorization,
+            tls=tls,
+        )
+        await self.nats.start()
+        self.nats_url = self.nats.url
+        self._say(
+            f"nats-server on {self.nats_url} (JetStream in {self.loaded.state_dir / 'nats'}; "
+            f"{auth})"
+        )
 
     def _nats_identities(self) -> str:
         """New NATS credentials for every worker; the server's ``authorization`` block."""
@@ -215,6 +252,10 @@ class Supervisor:
         await self.workers.stop([c for c in self.children if c.role != "gateway"])
         if self.nats is not None:
             await self.nats.stop()
+        if self._cluster_watch is not None:
+            await self._cluster_watch  # ends with the stop event
+        if self.cluster is not None:
+            await self.cluster.stop()
         if self.control is not None:
             await self.control.stop()
         if self._gateway_sock is not None:

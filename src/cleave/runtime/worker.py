@@ -166,7 +166,10 @@ class Worker:
             plan,
             self.names,
             broker=JetStreamBroker(
-                nc, prefix=prefix, max_age=plan.events.retention_days * 24 * 3600.0
+                nc,
+                prefix=prefix,
+                max_age=plan.events.retention_days * 24 * 3600.0,
+                replicas=plan.nats.replicas,
             ),
             data_dir=loaded.data_dir,
             instance=self.instance,

@@ -11,6 +11,14 @@ retention_days`` in cleave.toml, a week by default).
 
 The embedded server runs with ``sync_interval: always``: a publish is
 acknowledged only once it is on disk.
+
+On a cluster each stream is kept on ``replicas`` nodes (``[nats]
+stream_replicas``); its consumers take the stream's replicas (JetStream's
+default). Creating a stream that exists with another configuration (other
+replicas, say) updates it in place: JetStream moves it to more or fewer
+nodes. A server that cannot place that many replicas (a lone server, or
+fewer nodes than replicas) is a :class:`~cleave.errors.ConfigError` that
+says which setting to change.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from cleave.errors import DefinitionError, Unavailable
+from cleave.errors import ConfigError, DefinitionError, Unavailable
 from cleave.transport.base import ConsumerPolicy, ConsumerState, Outgoing
 from cleave.transport.prefix import DEFAULT, canonical_subject, stream_for, subject_for
 from cleave.transport.refusals import refusals_of, release
@@ -53,6 +61,8 @@ log = structlog.get_logger("cleave.jetstream")
 #: Messages in one atomic batch (the server's limit is 1,000).
 ATOMIC_MAX = 500
 _WEEK = 7 * 24 * 3600.0
+#: JetStream's answers when it cannot place a stream's replicas (see ``_placement``).
+_NOT_CLUSTERED, _NO_PEERS, _EXISTS = 10074, 10005, 10058
 
 
 class _JsDelivery:
@@ -204,9 +214,13 @@ class _PullSubscription:
 class JetStreamBroker:
     """A :class:`~cleave.transport.base.Broker` on NATS JetStream."""
 
-    def __init__(self, nc: NatsClient, *, max_age: float = _WEEK, prefix: str = DEFAULT) -> None:
+    def __init__(
+        self, nc: NatsClient, *, max_age: float = _WEEK, prefix: str = DEFAULT, replicas: int = 1
+    ) -> None:
         self.nc = nc
         self.prefix = prefix
+        #: On how many cluster nodes each stream is kept.
+        self.replicas = replicas
         self.js = nc.jetstream(timeout=10)
         self.max_age = max_age
         self._streams: set[str] = set()
@@ -247,6 +261,7 @@ class JetStreamBroker:
             max_age=self.max_age,
             discard=DiscardPolicy.OLD,
             duplicate_window=120.0,
+            num_replicas=self.replicas,
         )
         atomic = self._server_at_least(2, 12)
         api = f"$JS.API.STREAM.%s.{self._stream(name)}"
@@ -257,9 +272,16 @@ class JetStreamBroker:
             else:
                 try:
                     await self.js.add_stream(config)
-                except nats.js.errors.BadRequestError:
+                except nats.js.errors.BadRequestError as exc:
+                    if exc.err_code != _EXISTS:
+                        raise
                     # It exists with another configuration (an older version): update it.
+                    log.info("stream exists with another configuration; updating it", stream=name)
                     await self.js.update_stream(config)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code in (_NOT_CLUSTERED, _NO_PEERS):
+                raise self._placement(name, exc) from None
+            raise Unavailable(f"cannot create JetStream stream {name}: {exc}") from exc
         except asyncio.CancelledError:
             if (refused := self._refused(f"creating stream {name}")) is None:
                 raise
@@ -271,6 +293,14 @@ class JetStreamBroker:
         self._streams.add(name)
         if atomic:
             self._atomic.add(self._stream(name))
+
+    def _placement(self, name: str, exc: nats.js.errors.APIError) -> ConfigError:
+        return ConfigError(
+            f"JetStream cannot keep stream {name} on {self.replicas} nodes "
+            f"({exc.description}): each replica needs its own cluster node; set [nats] "
+            "stream_replicas to at most the cluster's size (`cleave up` starts a cluster "
+            "with [nats] cluster = 3)"
+        )
 
     def _server_at_least(self, major: int, minor: int) -> bool:
         version = getattr(self.nc, "connected_server_version", None)
@@ -290,8 +320,14 @@ class JetStreamBroker:
             answer = json.loads(reply.data)
             if "error" not in answer:
                 return
-            if verb == "UPDATE" or answer["error"].get("err_code") != 10058:
-                raise nats.js.errors.APIError(description=str(answer["error"]))
+            error = answer["error"]
+            if verb == "UPDATE" or error.get("err_code") != _EXISTS:
+                raise nats.js.errors.APIError(
+                    code=error.get("code"),
+                    err_code=error.get("err_code"),
+                    description=error.get("description", str(error)),
+                )
+            log.info("stream exists with another configuration; updating it", stream=config.name)
 
     async def publish(self, messages: Sequence[Outgoing]) -> None:
         """Store ``messages`` in order and wait for the acknowledgements.

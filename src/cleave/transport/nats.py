@@ -76,6 +76,10 @@ async def connect(
 ) -> NatsClient:
     """Connect to NATS, reconnecting for ever; errors are logged, not printed.
 
+    ``url`` may list several servers, comma-separated (a cluster's nodes):
+    the client connects to one and, when it goes, to another within a
+    fraction of a second.
+
     ``user``/``password`` (or a ``credentials`` file, JWT and nkey seed) say
     who connects; ``inbox_prefix`` is where its replies come (a server that
     scopes inboxes per identity allows it only its own); ``tls`` verifies
@@ -162,7 +166,10 @@ def servers(url: str) -> list[str]:
     nats-py tries them in random order and, once connected, reconnects to any
     of them (and to members the cluster announces).
     """
-    return [u.strip() for u in url.split(",") if u.strip()]
+    found = [u.strip() for u in url.split(",") if u.strip()]
+    if not found:
+        raise Unavailable("no NATS server URL given: set [nats] url (or let `cleave up` start one)")
+    return found
 
 
 class NatsRpcClient:
