@@ -67,17 +67,36 @@ def jsz(host: Host, query: str = "") -> dict[str, Any]:
     return report
 
 
-def stream_leaders(hosts: list[Host]) -> dict[str, str]:
-    """Every stream's leader (a server name); each node reports the streams it holds."""
-    leaders: dict[str, str] = {}
+def connections(host: Host) -> list[str]:
+    """The names of the client connections on ``host``'s node (``/connz``)."""
+    url = f"http://{host.address}:{NATS_HTTP_PORT}/connz?limit=1000"
+    with urllib.request.urlopen(url, timeout=2) as resp:
+        report: dict[str, Any] = json.load(resp)
+    return sorted(c.get("name", "") for c in report.get("connections", []))
+
+
+def streams(hosts: list[Host]) -> dict[str, dict[str, Any]]:
+    """Every stream's cluster view (``leader``, ``replicas``) from the node that leads it."""
+    found: dict[str, dict[str, Any]] = {}
     for host in hosts:
         report = jsz(host, "?accounts=true&streams=true")
         for account in report.get("account_details", []):
             for s in account.get("stream_detail", []):
-                leader = s.get("cluster", {}).get("leader", "")
-                if leader:
-                    leaders[s["name"]] = leader
-    return leaders
+                cluster = s.get("cluster", {})
+                if cluster.get("leader") == host.name:
+                    found[s["name"]] = cluster
+    return found
+
+
+def current(hosts: list[Host], name: str) -> bool:
+    """Whether node ``name`` has caught up on every stream it holds (as their leaders see it)."""
+    views = streams(hosts)
+    return bool(views) and all(
+        r.get("current", False)
+        for view in views.values()
+        for r in view.get("replicas", [])
+        if r["name"] == name
+    )
 
 
 def _pg_bin(name: str) -> str:

@@ -39,7 +39,7 @@ from typing import Any
 import httpx
 import pytest
 from netns import Host, NetnsUnavailable, Network, check_available, sweep, wait_for
-from servers import nats_cluster, postgres, stream_leaders
+from servers import connections, current, nats_cluster, postgres, streams
 from shopcheck import (
     RICH,
     Api,
@@ -102,14 +102,18 @@ class Shop:
             if name != "gateway"
         }
 
-    def quiet(self) -> bool:
-        """Every outbox empty, no saga running, every consumer caught up."""
-        for st in self.status().values():
-            if any(st["outbox"].values()) or any(st["sagas"].values()):
-                return False
-            if any(c["pending"] for c in st["consumers"].values()):
-                return False
-        return True
+    def busy(self) -> list[str]:
+        """What is still under way: outbox backlogs, running sagas, consumers behind."""
+        found = []
+        for name, st in self.status().items():
+            found += [f"{name} outbox {k}={v}" for k, v in st["outbox"].items() if v]
+            found += [f"{name} sagas {k}={v}" for k, v in st["sagas"].items() if v]
+            found += [
+                f"{name} consumer {k} pending={c['pending']}"
+                for k, c in st["consumers"].items()
+                if c["pending"]
+            ]
+        return found
 
 
 def _copy_shop(target: Path) -> Path:
@@ -118,7 +122,10 @@ def _copy_shop(target: Path) -> Path:
     shutil.copytree(SHOP, app, ignore=shutil.ignore_patterns(".cleave", "__pycache__"))
     plan = app / "cleave.toml"
     groups = "".join(f"{g} = {members!r}\n".replace("'", '"') for g, members in GROUPS.items())
-    plan.write_text(plan.read_text() + "\n[groups]\n" + groups)
+    # The URL from the environment in the plan too: stream_replicas above 1 needs a NATS
+    # cluster, and the plan knows it is external only by its url.
+    nats = '[nats]\nurl = "${CLEAVE_NATS_URL}"\nstream_replicas = 3\n'
+    plan.write_text(plan.read_text() + "\n[groups]\n" + groups + "\n" + nats)
     return app
 
 
@@ -210,9 +217,25 @@ def test_partitions_lose_nothing(shop: Shop) -> None:
         return [r["order_id"] for r in list(results.values()) if r is not None]
 
     def partition(what: str, host: Host) -> None:
-        wait_for(lambda: len(accepted_ids()) >= 10, timeout=60, what=f"orders before {what}")
+        start = len(accepted_ids())
+        wait_for(
+            lambda: len(accepted_ids()) >= start + 10, timeout=60, what=f"orders before {what}"
+        )
+        others = [h for h in shop.nats if h is not host]
+        everyone = {n for h in shop.nats for n in connections(h)}
+        stranded = sorted(set(connections(host)) if host in shop.nats else ())
         shop.net.cut(host)
-        time.sleep(CUT)  # the partition itself
+        cut = time.monotonic()
+        at_cut = len(accepted_ids())
+        if stranded:
+            # Its clients notice the silence by pings and move to the other nodes.
+            moved = wait_for(
+                lambda: {n for h in others for n in connections(h)} >= everyone,
+                timeout=CUT,
+                what=f"{', '.join(stranded)} on {host.name}: moved to another node",
+            )
+            print(f"\n{', '.join(stranded)} left cut-off {host.name} in {moved:.1f}s")
+        time.sleep(max(0.0, cut + CUT - time.monotonic()))  # the partition itself
         shop.net.heal(host)
         healed = time.monotonic()
         before = accepted_ids()
@@ -221,14 +244,23 @@ def test_partitions_lose_nothing(shop: Shop) -> None:
         wait_for(
             lambda: len(accepted_ids()) >= count + 5, timeout=60, what=f"new orders after {what}"
         )
+        if host in shop.nats:
+            wait_for(lambda: current(shop.nats, host.name), timeout=60, what=f"{host.name} current")
         converged[what] = time.monotonic() - healed
-        print(f"{what}: converged in {converged[what]:.1f}s")
+        print(
+            f"{what}: {len(before) - at_cut} orders accepted during the {CUT:.0f}s cut; "
+            f"converged {converged[what]:.1f}s after the heal"
+        )
 
     try:
         partition("checkout-a cut", shop.workers["checkout-a"])
-        leaders = stream_leaders(shop.nats)
-        print(f"\nstream leaders: {leaders}")
-        busiest = max(set(leaders.values()), key=list(leaders.values()).count)
+        views = streams(shop.nats)
+        assert views, "no streams"
+        for name, view in views.items():
+            assert len(view.get("replicas", [])) == 2, f"{name} is not on 3 nodes: {view}"
+        leaders = [view["leader"] for view in views.values()]
+        busiest = max(set(leaders), key=leaders.count)
+        print(f"\nstream leaders: { {n: v['leader'] for n, v in views.items()} }")
         partition(f"nats leader {busiest} cut", next(h for h in shop.nats if h.name == busiest))
     finally:
         while not work.empty():  # the clients finish the order in hand, then stop
@@ -243,7 +275,10 @@ def test_partitions_lose_nothing(shop: Shop) -> None:
 
     accepted = accepted_ids()
     wait_for(lambda: _final(http, accepted), timeout=120, what="every order final")
-    wait_for(shop.quiet, timeout=90, what="outboxes, sagas and consumers drained", interval=0.5)
+    try:
+        wait_for(lambda: not shop.busy(), timeout=90, what="all drained", interval=0.5)
+    except AssertionError:
+        raise AssertionError(f"still busy: {shop.busy()}\n{shop.tail()}") from None
     now = snapshot(http)
     by_id = {o["order_id"]: o for o in now["orders"]}
     lost = [o for o in accepted if o not in by_id]
