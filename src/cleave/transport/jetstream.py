@@ -58,6 +58,8 @@ __all__ = ["JetStreamBroker"]
 
 log = structlog.get_logger("cleave.jetstream")
 
+#: Seconds to wait for JetStream's acknowledgements of a publish, then publish again.
+ACK_TIMEOUT = 10.0
 #: Messages in one atomic batch (the server's limit is 1,000).
 ATOMIC_MAX = 500
 _WEEK = 7 * 24 * 3600.0
@@ -395,7 +397,7 @@ class JetStreamBroker:
                 "Nats-Batch-Commit": "1",
             }
             reply = await self.nc.request(
-                self._subject(last.subject), last.data, headers=headers, timeout=10
+                self._subject(last.subject), last.data, headers=headers, timeout=ACK_TIMEOUT
             )
         except (TimeoutError, OSError) as exc:
             raise Unavailable(f"JetStream did not acknowledge the events: {exc}") from exc
@@ -413,7 +415,9 @@ class JetStreamBroker:
                 )
                 for m in group
             ]
-            await asyncio.gather(*acks)
+            # nats-py's futures never time out: an ack lost with a connection (the client
+            # moved to another node) would hold the outbox relay for ever.
+            await asyncio.wait_for(asyncio.gather(*acks), ACK_TIMEOUT)
         except (TimeoutError, nats.errors.Error, OSError) as exc:
             raise Unavailable(f"JetStream did not acknowledge the events: {exc}") from exc
 
