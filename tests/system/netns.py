@@ -199,6 +199,10 @@ class Network:
 
     def close(self) -> None:
         """Stop every process, delete every namespace, link and folder; never raises."""
+        for proc in self.procs:  # all at once: they stop in parallel
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
         for proc in reversed(self.procs):
             with contextlib.suppress(Exception):
                 self.stop(proc, wait=10)
