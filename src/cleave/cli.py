@@ -540,7 +540,11 @@ def db_upgrade(
     service: Annotated[str | None, typer.Option(help="Only this service.")] = None,
     state_dir: StateOpt = None,
 ) -> None:
-    """Migrate each service's database to its newest revision (also done on start)."""
+    """Migrate each service's database to its newest revision.
+
+    Also done when a service starts, unless [database] migrate = false (or
+    `cleave serve --no-migrate`): then this is the step that migrates.
+    """
     from cleave.data import migrations
 
     loaded = _load(path, state_dir)

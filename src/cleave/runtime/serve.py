@@ -39,7 +39,7 @@ import structlog
 
 from cleave._backoff import backoff
 from cleave.config import mask_url
-from cleave.errors import CleaveError, ConfigError
+from cleave.errors import CleaveError, ConfigError, LifecycleError
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
@@ -97,7 +97,9 @@ def check_placement(loaded: LoadedApp, group: str, replica: int) -> None:
     SQLite is allowed: its file is local to wherever it runs.
     (``cleave up`` runs every replica on one machine, where sharing a file is safe.)
     """
-    services = loaded.groups()[group]
+    services = loaded.groups().get(group)
+    if services is None:
+        return  # the worker says which groups there are
     replicas = max(loaded.plan.service(s).replicas for s in services)
     if replica == 0 and replicas <= 1:
         return
@@ -116,6 +118,13 @@ def check_placement(loaded: LoadedApp, group: str, replica: int) -> None:
                 '(or [database] url = "postgresql+asyncpg://user@db-host/app_{service}"), '
                 "or run one replica"
             )
+
+
+def _masked(url: str) -> str:
+    """``url`` (one or several) with every password as ``***``, for logs and errors."""
+    from cleave.transport.nats import servers
+
+    return ",".join(mask_url(u) for u in servers(url))
 
 
 def _nats_options(loaded: LoadedApp) -> dict[str, Any]:
@@ -162,7 +171,7 @@ async def _try_once(url: str, name: str, options: dict[str, Any]) -> str | None:
         reason = reasons[-1] if reasons else f"{type(exc).__name__}: {exc}"
         if "authorization violation" in " ".join(reasons).lower():
             raise ConfigError(
-                f"NATS at {mask_url(url)} refused this process's credentials (authorization "
+                f"NATS at {_masked(url)} refused this process's credentials (authorization "
                 "violation): check [nats] credentials (CLEAVE_NATS_CREDENTIALS) or the user "
                 "and password in the URL"
             ) from None
@@ -177,7 +186,7 @@ async def wait_for_nats(
     """Connect to NATS, waiting up to ``total`` seconds for it; None if ``stop`` came first.
 
     Tries again after 0.5, 1, 2 ... up to 5 seconds (with jitter), logging
-    each failure and its reason; raises :class:`ConfigError` once ``total``
+    each failure and its reason; raises :class:`LifecycleError` once ``total``
     has passed. The connection returned reconnects for ever.
     """
     from cleave.transport.nats import connect
@@ -197,15 +206,15 @@ async def wait_for_nats(
                 reason = str(exc)
         left = deadline - time.monotonic()
         if left <= 0:
-            raise ConfigError(
-                f"NATS at {mask_url(url)} did not answer within {total:g}s ({attempt} tries; "
+            raise LifecycleError(
+                f"NATS at {_masked(url)} did not answer within {total:g}s ({attempt} tries; "
                 f"last: {reason}); start it, fix CLEAVE_NATS_URL / [nats] url, or wait longer "
                 "with --wait-nats"
             )
         delay = min(backoff(attempt, base=0.5, cap=5.0, jitter=0.2), left)
         log.warning(
             "waiting for NATS",
-            url=mask_url(url),
+            url=_masked(url),
             attempt=attempt,
             error=reason,
             retry_in=round(delay, 2),
@@ -233,6 +242,8 @@ async def run(loaded: LoadedApp, options: ServeOptions) -> int:
 
     plan = loaded.plan
     try:
+        if options.role != "gateway":
+            check_placement(loaded, options.group, options.replica)
         url = nats_url(loaded)
         if options.migrate is not None:
             database = msgspec.structs.replace(plan.database, migrate=options.migrate)
@@ -258,8 +269,6 @@ async def run(loaded: LoadedApp, options: ServeOptions) -> int:
             if gateway
             else None,
         )
-        if not gateway:
-            check_placement(loaded, options.group, options.replica)
         nats = _nats_options(loaded)
     except ConfigError as exc:
         log.error("cannot start", error=str(exc))
@@ -270,15 +279,16 @@ async def run(loaded: LoadedApp, options: ServeOptions) -> int:
     nc: NatsClient | None = None
     try:
         admin_port = await worker.open_admin()
-        log.info("starting", services=worker.services, admin_port=admin_port, nats=mask_url(url))
+        log.info("starting", services=worker.services, admin_port=admin_port, nats=_masked(url))
         nc = await wait_for_nats(
             url, f"{loaded.app.name}.{worker.label}", nats, total=options.wait_nats, stop=stop
         )
         if nc is None:
             log.info("stopped while waiting for NATS")
             return OK
-        await worker.start(nc)  # a signal meanwhile: it drains once started
-        if not stop.is_set():
+        if not await _start(worker, nc, force):
+            return OK
+        if not stop.is_set():  # a signal while starting: it drains at once
             log.info(
                 "ready",
                 services=worker.services,
@@ -291,6 +301,9 @@ async def run(loaded: LoadedApp, options: ServeOptions) -> int:
         return await _drain(worker, options.grace, force)
     except CleaveError as exc:
         log.error("cannot start", error=str(exc))
+        return BAD_CONFIG if isinstance(exc, ConfigError) else FAILED
+    except Exception as exc:  # a database away, say: one line, not a traceback
+        log.error("cannot start", error=f"{type(exc).__name__}: {exc}")
         return FAILED
     finally:
         signals.remove()
@@ -299,25 +312,43 @@ async def run(loaded: LoadedApp, options: ServeOptions) -> int:
             await nc.close()
 
 
+async def _start(worker: Worker, nc: NatsClient, force: asyncio.Event) -> bool:
+    """Start ``worker``; False if a second signal came first (it is then stopped)."""
+    starting = asyncio.ensure_future(worker.start(nc))
+    forced = asyncio.ensure_future(force.wait())
+    await asyncio.wait({starting, forced}, return_when="FIRST_COMPLETED")
+    forced.cancel()
+    if starting.done():
+        starting.result()  # its error, if any
+        return True
+    starting.cancel()
+    await asyncio.wait({starting}, timeout=5.0)
+    log.warning("stopped by a second signal while starting; it had taken no work yet")
+    return False
+
+
 async def _drain(worker: Worker, grace: float, force: asyncio.Event) -> int:
     """Drain ``worker`` within ``grace`` seconds, or less if ``force`` is set; the exit code."""
     log.info("draining", grace=grace, **worker.in_progress())
     draining = asyncio.ensure_future(worker.drain(grace))
     forced = asyncio.ensure_future(force.wait())
-    # The host's steps each get the grace; the whole gets a little more, then gives up.
-    await asyncio.wait({draining, forced}, timeout=grace + 5.0, return_when="FIRST_COMPLETED")
+    # Calls get the grace; the steps after them (consumers, outbox, databases) a bounded while.
+    await asyncio.wait({draining, forced}, timeout=grace + 15.0, return_when="FIRST_COMPLETED")
     forced.cancel()
-    if draining.done():
+    left = worker.in_progress()
+    if not draining.done():
+        why = "a second signal" if force.is_set() else f"draining took over {grace + 15:g}s"
+        draining.cancel()
+        await asyncio.wait({draining}, timeout=5.0)
+    elif draining.exception() is not None:
         error = draining.exception()
-        if error is not None:
-            log.error("draining failed", error=f"{type(error).__name__}: {error}")
-            return FAILED
+        log.error("draining failed", error=f"{type(error).__name__}: {error}")
+        return FAILED
+    elif any(left.values()):
+        why = f"the grace of {grace:g}s ran out"
+    else:
         log.info("stopped: everything in progress finished, outboxes published")
         return OK
-    left = worker.in_progress()
-    why = "a second signal" if force.is_set() else f"the grace of {grace:g}s ran out"
-    draining.cancel()
-    await asyncio.wait({draining}, timeout=5.0)
     if any(left.values()):
         log.error(
             f"stopped by {why}, abandoning work in progress: callers see those calls fail "

@@ -118,7 +118,8 @@ class Worker:
         self.names: list[str] = [] if self.gateway else list(groups[group])
         self.label = f"{'gateway' if self.gateway else group}.{replica}"
         self.instance = instance or f"{self.label}-{os.getpid()}"
-        self.version = code_version(loaded)
+        #: The code this process runs (:func:`code_version`), once started.
+        self.version = ""
         self.health = Health()
         self.host: Host | None = None
         self.http: HttpServer | None = None
@@ -156,6 +157,7 @@ class Worker:
         obs = plan.observability
         tracer.configure(enabled=obs.tracing, sample_rate=obs.sample_rate, capacity=obs.spans)
         prefix = plan.nats.prefix
+        self.version = code_version(loaded)
         server = (
             None
             if self.gateway
@@ -204,19 +206,23 @@ class Worker:
         """Not ready at once; no new work; work in progress finishes; outboxes published."""
         self.health.draining = True
         if self.http is not None:
-            await self.http.stop()  # no new requests; the ones in flight finish
+            await self.http.stop(grace)  # no new requests; the ones in flight finish
         if self.host is not None:
             await self.host.stop(grace=grace)
 
     def in_progress(self) -> dict[str, int]:
-        """Work this process has started and not finished: calls, event deliveries."""
+        """Work started and not finished: calls, event deliveries, gateway requests.
+
+        After :meth:`drain`: what was still running when the grace ended.
+        """
         host = self.host
-        if host is None:
-            return {"calls": 0, "events": 0}
-        return {
-            "calls": getattr(host.server, "in_flight", 0),
-            "events": sum(1 for s in host.subscriptions if getattr(s, "busy", False)),
-        }
+        work = {"calls": 0, "events": 0}
+        if host is not None:
+            work["calls"] = getattr(host.server, "in_flight", 0)
+            work["events"] = sum(1 for s in host.subscriptions if getattr(s, "busy", False))
+        if self.http is not None:
+            work["requests"] = self.http.in_flight
+        return work
 
     async def close(self) -> None:
         if self.admin is not None:
