@@ -188,3 +188,80 @@ async def test_a_tls_cluster_routes_over_tls(tmp_path: Path) -> None:
             await nc.close()
     finally:
         await cluster.stop()
+
+
+async def test_a_lost_acknowledgement_fails_the_publish_in_time(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ack lost with a dying leader must not hang the outbox: the publish fails, is resent."""
+    import cleave.transport.jetstream as jetstream
+
+    monkeypatch.setattr(jetstream, "ACK_TIMEOUT", 0.5)
+    nc = await connect(nats_url, "cluster-test")
+    try:
+        # A plain subscriber takes the message and never answers, as a dead leader would not.
+        swallowed = await nc.subscribe("cleave.evt.nostream.>")
+        broker = JetStreamBroker(nc)
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match=r"did not acknowledge 1 event\(s\) within 0.5s"):
+            await broker.publish([Outgoing("cleave.evt.nostream.x.v1", b"1", "id-1")])
+        assert time.monotonic() - started < 5
+        await swallowed.unsubscribe()
+    finally:
+        await nc.close()
+
+
+@pytest.mark.processes
+def test_cleave_up_runs_the_app_on_a_tls_cluster_and_restarts_a_dead_node(
+    tmp_path: Path,
+) -> None:
+    """`[nats] cluster = 3` under `cleave up`: every node has the users and TLS; one dies."""
+    import shutil
+    import signal
+
+    import httpx
+
+    from conftest import SAMPLE, Up, processes_of, wait_until
+
+    app = tmp_path / "app"
+    shutil.copytree(SAMPLE, app, ignore=shutil.ignore_patterns(".cleave", "__pycache__"))
+    with (app / "cleave.toml").open("a") as f:
+        f.write("\n[nats]\ncluster = 3\ntls = true\n")
+    state = tmp_path / "state"
+    up = Up(app, state).start()
+    try:
+
+        def nodes() -> list[dict[str, Any]]:
+            found: list[dict[str, Any]] = json.loads(
+                (state / "run" / "supervisor.json").read_text()
+            )["nats_nodes"]
+            return found
+
+        assert len(nodes()) == 3
+        for i in range(3):
+            conf = (state / "nats-cluster" / f"n{i}" / "nats-server.conf").read_text()
+            assert "authorization" in conf  # the service groups' users, on every node
+            assert conf.count("server.pem") == 2  # clients and routes over TLS
+        assert all(n["url"].startswith("tls://127.0.0.1:") for n in nodes())
+        assert httpx.post(f"{up.url}/greet", json={"name": "ann"}).status_code == 201
+
+        dead = nodes()[0]
+        os.kill(dead["pid"], signal.SIGKILL)
+
+        def back() -> bool:
+            if nodes()[0]["pid"] in (None, dead["pid"]):
+                return False
+            try:
+                return httpx.get(f"{dead['monitor_url']}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(back, timeout=60, interval=0.1)
+        assert nodes()[0]["url"] == dead["url"]  # on the same port: clients know it
+        assert httpx.post(f"{up.url}/greet", json={"name": "bo"}).status_code == 201
+        log = (state / "run" / "supervisor.log").read_text()
+        assert "nats node 0" in log
+        assert "restarting" in log
+    finally:
+        up.stop()
+    assert processes_of(state) == []

@@ -46,6 +46,7 @@ def control_app(sup: Supervisor, extra: list[Route] | None = None) -> Starlette:
                 "status": sup._status,
                 "gateway_url": sup.gateway_url,
                 "nats_url": mask_url(sup.nats_url),
+                "nats_nodes": sup.cluster.describe() if sup.cluster is not None else [],
                 "processes": sup.processes(),
             }
         )

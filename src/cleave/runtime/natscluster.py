@@ -20,7 +20,9 @@ namespaces by giving their addresses and an ``ip netns exec`` prefix.
 
 Leaders are read off the monitoring endpoint (``/jsz``), which needs no
 NATS credentials: :meth:`EmbeddedCluster.stream_leader` and
-:meth:`~EmbeddedCluster.meta_leader` answer with a node's index.
+:meth:`~EmbeddedCluster.meta_leader` answer with a node's index;
+:func:`stream_leader` does the same from the names and monitoring URLs
+alone (``cleave up`` lists them in its state file, under ``nats_nodes``).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from typing import Any
 from cleave.errors import ConfigError, LifecycleError
 from cleave.runtime.natsd import EmbeddedNats, _host, free_port
 
-__all__ = ["EmbeddedCluster", "NodeSpec"]
+__all__ = ["EmbeddedCluster", "NodeSpec", "meta_leader", "stream_leader"]
 
 
 @dataclass(frozen=True)
@@ -286,12 +288,6 @@ class EmbeddedCluster:
 
     # -- what the nodes say ------------------------------------------------------------------
 
-    def _jsz(self, index: int, query: str = "") -> dict[str, Any] | None:
-        node = self.nodes[index]
-        if not node.alive or not node.monitor_url:
-            return None
-        return _get_json(f"{node.monitor_url}/jsz{query}")
-
     def node_healthy(self, index: int) -> bool:
         """Node ``index`` runs, knows the meta leader and its streams are current."""
         node = self.nodes[index]
@@ -304,29 +300,39 @@ class EmbeddedCluster:
         """Every node runs and reports itself healthy."""
         return all(self.node_healthy(i) for i in range(len(self.nodes)))
 
-    def _index(self, server_name: str) -> int | None:
-        for i, n in enumerate(self.nodes):
-            if n.server_name == server_name:
-                return i
-        return None
+    def _live(self) -> list[tuple[str, str]]:
+        return [(n.server_name, n.monitor_url if n.alive else "") for n in self.nodes]
 
     def meta_leader(self) -> int | None:
-        """The index of the node leading JetStream's metadata, as a live node sees it."""
-        for i in range(len(self.nodes)):
-            jsz = self._jsz(i)
-            if jsz is not None and (leader := jsz.get("meta_cluster", {}).get("leader")):
-                return self._index(leader)
-        return None
+        """The index of the node leading JetStream's metadata (None: being elected)."""
+        return meta_leader(self._live())
 
     def stream_leader(self, stream: str) -> int | None:
-        """The index of the live node leading ``stream`` (None: no leader right now)."""
-        for i in range(len(self.nodes)):
-            jsz = self._jsz(i, "?streams=true")
-            for account in (jsz or {}).get("account_details", []):
-                for detail in account.get("stream_detail") or []:
-                    if detail.get("name") != stream:
-                        continue
-                    leader = self._index((detail.get("cluster") or {}).get("leader", ""))
-                    if leader is not None and self.nodes[leader].alive:
-                        return leader
-        return None
+        """The index of the node leading ``stream`` (None: no leader right now)."""
+        return stream_leader(self._live(), stream)
+
+
+def meta_leader(nodes: Sequence[tuple[str, str]]) -> int | None:
+    """Which of ``nodes`` (name, monitoring URL) says it leads JetStream's metadata."""
+    for i, (name, monitor) in enumerate(nodes):
+        jsz = _get_json(f"{monitor}/jsz") if monitor else None
+        if jsz is not None and jsz.get("meta_cluster", {}).get("leader") == name:
+            return i
+    return None
+
+
+def stream_leader(nodes: Sequence[tuple[str, str]], stream: str) -> int | None:
+    """Which of ``nodes`` (name, monitoring URL) says it leads ``stream``.
+
+    Only a node's word about itself counts: its peers may still name a
+    leader that just died, until they elect another.
+    """
+    for i, (name, monitor) in enumerate(nodes):
+        jsz = _get_json(f"{monitor}/jsz?streams=true") if monitor else None
+        for account in (jsz or {}).get("account_details", []):
+            for detail in account.get("stream_detail") or []:
+                if detail.get("name") == stream and (
+                    (detail.get("cluster") or {}).get("leader") == name
+                ):
+                    return i
+    return None

@@ -253,7 +253,8 @@ class Supervisor:
         if self.nats is not None:
             await self.nats.stop()
         if self._cluster_watch is not None:
-            await self._cluster_watch  # ends with the stop event
+            with contextlib.suppress(Exception):  # it reported its failures as they came
+                await self._cluster_watch  # ends with the stop event
         if self.cluster is not None:
             await self.cluster.stop()
         if self.control is not None:

@@ -58,10 +58,10 @@ __all__ = ["JetStreamBroker"]
 
 log = structlog.get_logger("cleave.jetstream")
 
-#: Seconds to wait for JetStream's acknowledgements of a publish, then publish again.
-ACK_TIMEOUT = 10.0
 #: Messages in one atomic batch (the server's limit is 1,000).
 ATOMIC_MAX = 500
+#: Seconds to wait for JetStream's acknowledgement of a publish before sending it again.
+ACK_TIMEOUT = 5.0
 _WEEK = 7 * 24 * 3600.0
 #: JetStream's answers when it cannot place a stream's replicas (see ``_placement``).
 _NOT_CLUSTERED, _NO_PEERS, _EXISTS = 10074, 10005, 10058
@@ -189,11 +189,6 @@ class _PullSubscription:
         except Exception as exc:
             log.error("event handler crashed", error=f"{type(exc).__name__}: {exc}")
         # An unsettled delivery comes back after ack_wait (the server's redelivery).
-
-    @property
-    def busy(self) -> bool:
-        """Whether deliveries are being handled right now."""
-        return self._delivering
 
     async def pending(self) -> int:
         try:
@@ -406,20 +401,32 @@ class JetStreamBroker:
             raise ValueError(str(answer["error"]))
 
     async def _publish_each(self, group: Sequence[Outgoing]) -> None:
+        # nats-py's acknowledgement futures never time out, and an ack is lost for good
+        # when the stream leader dies or the connection moves to another node: wait a
+        # bounded time, then fail, so the outbox sends again (deduplicated by message id).
+        acks: list[asyncio.Future[Any]] = []
         try:
-            acks = [
-                await self.js.publish_async(
-                    self._subject(m.subject),
-                    m.data,
-                    headers={**m.headers, "Nats-Msg-Id": m.msg_id},
+            for m in group:
+                acks.append(
+                    await self.js.publish_async(
+                        self._subject(m.subject),
+                        m.data,
+                        headers={**m.headers, "Nats-Msg-Id": m.msg_id},
+                    )
                 )
-                for m in group
-            ]
-            # nats-py's futures never time out: an ack lost with a connection (the client
-            # moved to another node) would hold the outbox relay for ever.
-            await asyncio.wait_for(asyncio.gather(*acks), ACK_TIMEOUT)
+            _, late = await asyncio.wait(acks, timeout=ACK_TIMEOUT)
+            if late:
+                raise Unavailable(
+                    f"JetStream did not acknowledge {len(late)} event(s) within "
+                    f"{ACK_TIMEOUT:g}s (a NATS node may have gone); they are sent again"
+                )
+            for ack in acks:
+                ack.result()
         except (TimeoutError, nats.errors.Error, OSError) as exc:
             raise Unavailable(f"JetStream did not acknowledge the events: {exc}") from exc
+        finally:
+            for ack in acks:
+                ack.cancel()  # no-op once done; frees nats-py's slot otherwise
 
     async def subscribe(
         self,
