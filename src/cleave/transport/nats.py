@@ -139,10 +139,6 @@ async def connect(
             connect_timeout=2,
             max_reconnect_attempts=-1,
             allow_reconnect=True,
-            # A node that hangs (or a host gone without closing the socket) is noticed
-            # after about 6 s of unanswered pings, not nats-py's default 4 minutes.
-            ping_interval=2,
-            max_outstanding_pings=3,
             error_cb=error_cb,
             disconnected_cb=disconnected_cb,
             reconnected_cb=reconnected_cb,
