@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from cleave.gateway.asgi import build_asgi
 from cleave.gateway.auth import Authenticator
 from cleave.gateway.limits import RateLimiter
+from cleave.observability import otel
 from cleave.observability.tracing import tracer
 from cleave.runtime.guard import Guard
 from cleave.runtime.host import Host
@@ -92,6 +93,7 @@ async def run(
     # Like a worker's, but the process is the whole app: colour in a terminal, else JSON lines.
     configure_logs(service=loaded.app.name, replica=0)
     tracer.configure(enabled=obs.tracing, sample_rate=obs.sample_rate, capacity=obs.spans)
+    otel.configure(obs.opentelemetry)
     mono = Monolith(loaded)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -34,6 +34,7 @@ from typing import Any
 import structlog
 
 from cleave.app import LoadedApp, load
+from cleave.observability import otel
 from cleave.observability.tracing import tracer
 from cleave.runtime.admin import Health, admin_app
 from cleave.runtime.guard import Guard, read_token
@@ -81,6 +82,7 @@ async def _serve(
     app, plan = loaded.app, loaded.plan
     obs = plan.observability
     tracer.configure(enabled=obs.tracing, sample_rate=obs.sample_rate, capacity=obs.spans)
+    otel.configure(obs.opentelemetry)
     gateway = args.role == "gateway"
     if gateway and app.gateway is None:
         raise SystemExit(f"app {app.name} has no gateway")
