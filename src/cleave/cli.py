@@ -39,10 +39,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cleave import _cliutil
+from cleave._cliutil import chaos_table, console_for, progress, split_app
 from cleave.app import LoadedApp, load
 from cleave.config import mask_url
 from cleave.errors import CleaveError
@@ -52,13 +53,25 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     name="cleave",
-    help="Write a modular monolith. Deploy microservices. Cleave when it pays.",
+    help="Write a modular monolith. Deploy microservices. Cleave when it pays.\n\n"
+    "Example: cleave run examples/shop",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err = Console(stderr=True)
+console = console_for(sys.stdout)
+err = console_for(sys.stderr)
+
+
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback of an unexpected error.")
+    ] = False,
+) -> None:
+    """Options for every command."""
+    _cliutil.debug = debug
+
 
 AppArg = Annotated[
     str | None, typer.Argument(help="The app's folder (default: found from the current folder).")
@@ -99,7 +112,12 @@ def run(
     admin_port: AdminOpt = None,
     state_dir: StateOpt = None,
 ) -> None:
-    """Run the app as a modular monolith: every service and the gateway in one process."""
+    """Run the app as a modular monolith: every service and the gateway in one process.
+
+    `cleave ps`, `status`, `logs`, `chaos` and `down` work on it as on `cleave up`.
+
+    Example: cleave run examples/shop --port 8000
+    """
     from cleave.runtime import monolith
 
     loaded = _load(path, state_dir)
@@ -138,13 +156,17 @@ def up(
     admin_port: AdminOpt = None,
     state_dir: StateOpt = None,
 ) -> None:
-    """Run the app as processes: an embedded NATS, one worker per service group, the gateway."""
+    """Run the app as processes: an embedded NATS, one worker per service group, the gateway.
+
+    Example: cleave up examples/shop --detach
+    """
     from cleave.runtime import supervisor
 
     loaded = _load(path, state_dir)
     try:
         if detach:
-            state = supervisor.start_detached(loaded, port=port, admin_port=admin_port)
+            with progress(err, f"starting {loaded.app.name}: NATS, then the workers"):
+                state = supervisor.start_detached(loaded, port=port, admin_port=admin_port)
             console.print(
                 f"[bold green]{loaded.app.name}[/] is up: gateway [bold]{state['gateway_url']}[/]",
                 highlight=False,
@@ -208,6 +230,8 @@ def token(
 ) -> None:
     """Print a token from the app's dev issuer, for `Authorization: Bearer <token>`.
 
+    Example: cleave token examples/shop --sub acc-alice --scope admin
+
     The dev issuer's key is made under the app's state folder (.cleave/) on
     first use; the gateway trusts it while cleave.toml's [auth] names no issuer.
     """
@@ -242,7 +266,10 @@ def ps(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     state_dir: StateOpt = None,
 ) -> None:
-    """List the processes of a running `cleave up`."""
+    """List the processes of a running `cleave up` (or `cleave run`).
+
+    Example: cleave ps examples/shop --json
+    """
     from cleave.runtime import control
 
     loaded = _load(path, state_dir)
@@ -293,7 +320,10 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     state_dir: StateOpt = None,
 ) -> None:
-    """Outbox backlogs, event consumers and sagas of a running `cleave up`."""
+    """Outbox backlogs, event consumers and sagas of a running `cleave up` (or `cleave run`).
+
+    Example: cleave status examples/shop
+    """
     from cleave.runtime import control
 
     loaded = _load(path, state_dir)
@@ -370,12 +400,16 @@ def scale(
     path: AppArg = None,
     state_dir: StateOpt = None,
 ) -> None:
-    """Run N workers of a service's group on a running `cleave up` (adds, or drains extras)."""
+    """Run N workers of a service's group on a running `cleave up` (adds, or drains extras).
+
+    Example: cleave scale inventory=3 examples/shop
+    """
     service, _, count = spec.partition("=")
     if not service or not count.isdigit():
         _fail(f"expected SERVICE=N (like inventory=3), got {spec!r}", 2)
     loaded = _load(path, state_dir)
-    result = _operate(loaded, "/api/scale", {"service": service, "replicas": int(count)})
+    with progress(err, f"scaling {service} to {count}"):
+        result = _operate(loaded, "/api/scale", {"service": service, "replicas": int(count)})
     console.print(
         f"{result['group']}: {result['replicas']} replica(s) "
         f"(+{result['added']} -{result['removed']})"
@@ -388,9 +422,13 @@ def deploy(
     path: AppArg = None,
     state_dir: StateOpt = None,
 ) -> None:
-    """Roll a service's workers onto the current code: new ones ready first, old ones drained."""
+    """Roll a service's workers onto the current code: new ones ready first, old ones drained.
+
+    Example: cleave deploy orders examples/shop
+    """
     loaded = _load(path, state_dir)
-    result = _operate(loaded, "/api/deploy", {"service": service})
+    with progress(err, f"deploying {service}: new workers first, then the old ones drain"):
+        result = _operate(loaded, "/api/deploy", {"service": service})
     for r in result["replaced"]:
         console.print(f"{result['group']}.{r['replica']}: {r['old']} -> {r['new']}")
 
@@ -401,7 +439,10 @@ def restart(
     path: AppArg = None,
     state_dir: StateOpt = None,
 ) -> None:
-    """Restart a service's workers one by one, with no failed calls (same as deploy)."""
+    """Restart a service's workers one by one, with no failed calls (same as deploy).
+
+    Example: cleave restart billing examples/shop
+    """
     deploy(service, path, state_dir)
 
 
@@ -415,22 +456,55 @@ def chaos(
     ],
     service: Annotated[str, typer.Argument(help="The service to hurt.")],
     value: Annotated[
-        float | None, typer.Argument(help="Seconds or share, where it applies.")
+        str | None,
+        typer.Argument(
+            help="Seconds or share, where it applies (else the app's folder).", show_default=False
+        ),
     ] = None,
-    path: Annotated[str | None, typer.Option("--app", help="The app's folder.")] = None,
+    path: AppArg = None,
+    app_opt: Annotated[str | None, typer.Option("--app", hidden=True)] = None,
     replica: Annotated[int | None, typer.Option(help="Only this replica.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     state_dir: StateOpt = None,
 ) -> None:
-    """Inject a fault into a running `cleave up`, for seeing what the rest of the app does."""
-    loaded = _load(path, state_dir)
-    body = {"action": action, "service": service, "replica": replica, "value": value}
-    console.print_json(data=_operate(loaded, "/api/chaos", body))
+    """Inject a fault into a running `cleave up` (or `cleave run`), to see what the rest does.
+
+    Example: cleave chaos latency billing 0.5 examples/shop
+    """
+    amount: float | None = None
+    if value is not None:
+        try:
+            amount = float(value)
+        except ValueError:
+            if path is not None:
+                _fail(
+                    f"{value!r} is not a number: give seconds (latency) or a share (drop, fail)", 2
+                )
+            path = value  # `cleave chaos pause billing examples/shop`: no value, then the app
+    loaded = _load(path or app_opt, state_dir)
+    body = {"action": action, "service": service, "replica": replica, "value": amount}
+    result = _operate(loaded, "/api/chaos", body)
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return
+    console.print(chaos_table(loaded.app.name, action, service, result))
 
 
 @app.command()
 def logs(
-    service: Annotated[str | None, typer.Argument(help="Only this service (or group).")] = None,
-    path: Annotated[str | None, typer.Option("--app", help="The app's folder.")] = None,
+    first: Annotated[
+        str | None,
+        typer.Argument(
+            help="The app's folder, or only this service (or group).",
+            show_default=False,
+            metavar="APP",
+        ),
+    ] = None,
+    second: Annotated[
+        str | None,
+        typer.Argument(help="The other of the two.", show_default=False, metavar="SERVICE"),
+    ] = None,
+    app_opt: Annotated[str | None, typer.Option("--app", hidden=True)] = None,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
     ] = False,
@@ -439,16 +513,30 @@ def logs(
     ] = 100,
     state_dir: StateOpt = None,
 ) -> None:
-    """The workers' logs of `cleave up`, merged by time (one JSON object per line underneath)."""
+    """The logs of `cleave up`'s workers (merged by time) or of `cleave run`.
+
+    APP and SERVICE go in either order; the one that is a folder is the app.
+
+    Example: cleave logs examples/shop orders -f
+    """
     from cleave.observability import logs as logview
 
-    loaded = _load(path, state_dir)
-    logs_dir = loaded.state_dir / "logs"
-    if not logs_dir.exists():
-        _fail(f"no logs in {logs_dir}; has `cleave up {loaded.root}` run?")
+    path, service = split_app(first, second)
+    loaded = _load(path or app_opt, state_dir)
+    logs_dir = _logs_dir(loaded)
+    if logs_dir is None:
+        _fail(
+            f"no logs in {loaded.state_dir / 'logs'}: start the app first, with "
+            f"`cleave run {loaded.root}` or `cleave up {loaded.root}`"
+        )
+        raise AssertionError  # unreachable: _fail exits
     known = {*loaded.app.services, *loaded.groups(), "gateway"}
     if service is not None and service not in known:
-        _fail(f"app {loaded.app.name} has no service {service!r} ({', '.join(sorted(known))})", 2)
+        _fail(
+            f"app {loaded.app.name} has no service {service!r} ({', '.join(sorted(known))}); "
+            f"to name the app's folder, give a path: cleave logs ./{service}",
+            2,
+        )
     for line in logview.read(logs_dir, service, lines):
         console.print(logview.format_line(line), soft_wrap=True)
     if follow:
@@ -457,14 +545,35 @@ def logs(
                 console.print(logview.format_line(line), soft_wrap=True)
 
 
+def _logs_dir(loaded: LoadedApp) -> Path | None:
+    """The running app's log folder; with none running, the one written to last."""
+    from cleave.runtime import control
+    from cleave.runtime.monolith_ops import log_dir
+
+    state = control.read_state(loaded)
+    up_dir, run_dir = loaded.state_dir / "logs", log_dir(loaded)
+    if state is not None:
+        return run_dir if state.get("placement") == "monolith" else up_dir
+
+    def newest(folder: Path) -> float:
+        return max((p.stat().st_mtime for p in folder.glob("*.log")), default=0.0)
+
+    found = [(newest(d), d) for d in (up_dir, run_dir) if newest(d)]
+    return max(found)[1] if found else None
+
+
 @app.command()
 def down(path: AppArg = None, state_dir: StateOpt = None) -> None:
-    """Stop a running `cleave up`: the gateway, the workers, then NATS."""
+    """Stop a running `cleave up` (the gateway, the workers, then NATS) or `cleave run`.
+
+    Example: cleave down examples/shop
+    """
     from cleave.runtime import control
 
     loaded = _load(path, state_dir)
     try:
-        stopped = control.stop(loaded)
+        with progress(err, f"stopping {loaded.app.name}"):
+            stopped = control.stop(loaded)
     except CleaveError as exc:
         _fail(str(exc))
     console.print(f"{loaded.app.name}: {'stopped' if stopped else 'was not running'}")
@@ -511,7 +620,10 @@ def db_revision(
     message: Annotated[str, typer.Option("--message", "-m", help="What the change does.")] = "",
     state_dir: StateOpt = None,
 ) -> None:
-    """Write a migration with what the service's metadata adds to its newest revision."""
+    """Write a migration with what the service's metadata adds to its newest revision.
+
+    Example: cleave db revision orders examples/shop -m "add the coupon column"
+    """
     from cleave.data import migrations
 
     loaded = _load(path, state_dir)
@@ -531,7 +643,10 @@ def db_upgrade(
     service: Annotated[str | None, typer.Option(help="Only this service.")] = None,
     state_dir: StateOpt = None,
 ) -> None:
-    """Migrate each service's database to its newest revision (also done on start)."""
+    """Migrate each service's database to its newest revision (also done on start).
+
+    Example: cleave db upgrade examples/shop --service orders
+    """
     from cleave.data import migrations
 
     loaded = _load(path, state_dir)
@@ -539,13 +654,17 @@ def db_upgrade(
         url = loaded.plan.database_url(name, loaded.data_dir)
         if url.startswith("sqlite"):
             loaded.data_dir.mkdir(parents=True, exist_ok=True)
-        rev = asyncio.run(migrations.upgrade(url, declared.migrations, declared.metadata))
+        with progress(err, f"migrating {name}"):
+            rev = asyncio.run(migrations.upgrade(url, declared.migrations, declared.metadata))
         console.print(f"{name}: at {rev}")
 
 
 @db.command("current")
 def db_current(path: AppArg = None, state_dir: StateOpt = None) -> None:
-    """Show the revision each service's database is at, and the newest one available."""
+    """Show the revision each service's database is at, and the newest one available.
+
+    Example: cleave db current examples/shop
+    """
     from cleave.data import migrations
 
     loaded = _load(path, state_dir)
@@ -624,7 +743,10 @@ def dlq_list(
     as_json: JsonOpt = False,
     state_dir: StateOpt = None,
 ) -> None:
-    """List the dead letters of every service (or one), oldest failure first."""
+    """List the dead letters of every service (or one), oldest failure first.
+
+    Example: cleave dlq list examples/shop --service shipping
+    """
     loaded = _load(path, state_dir)
     found = _with_letters(loaded, lambda letters: letters.letters(service))
     if as_json:
@@ -656,7 +778,10 @@ def dlq_show(
     as_json: JsonOpt = False,
     state_dir: StateOpt = None,
 ) -> None:
-    """Show one dead letter: its event, its headers and why it failed."""
+    """Show one dead letter: its event, its headers and why it failed.
+
+    Example: cleave dlq show 3f2a9c examples/shop
+    """
     loaded = _load(path, state_dir)
     letter = _with_letters(loaded, lambda letters: letters.get(letter_id))
     data = letter.describe()
@@ -689,6 +814,8 @@ def dlq_replay(
 
     The running app (`cleave run` or `cleave up`) replays them within a second;
     with the app stopped, they are replayed when it starts.
+
+    Example: cleave dlq replay --all --service shipping --app examples/shop
     """
     chosen = _chosen(ids, every, "replay")
     loaded = _load(path, state_dir)
@@ -725,7 +852,10 @@ def dlq_purge(
     path: AppOpt = None,
     state_dir: StateOpt = None,
 ) -> None:
-    """Delete dead letters for good (the janitor deletes old ones by itself)."""
+    """Delete dead letters for good (the janitor deletes old ones by itself).
+
+    Example: cleave dlq purge --all --service shipping --app examples/shop
+    """
     chosen = _chosen(ids, every, "purge")
     loaded = _load(path, state_dir)
     gone = _with_letters(loaded, lambda letters: letters.purge(chosen, service=service))
@@ -765,7 +895,10 @@ def _emit(text: str, target: Path) -> None:
 
 @contracts.command("snapshot")
 def contracts_snapshot(path: AppArg = None, output: OutputOpt = None) -> None:
-    """Write contracts.lock.json: every contract, method, event and message field. Commit it."""
+    """Write contracts.lock.json: every contract, method, event and message field. Commit it.
+
+    Example: cleave contracts snapshot examples/shop
+    """
     from cleave import schema_lock
 
     loaded = _load(path, None)
@@ -789,7 +922,10 @@ def contracts_check(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Compare the contracts with the lock; exit 1 when a change breaks a caller or consumer."""
+    """Compare the contracts with the lock; exit 1 when a change breaks a caller or consumer.
+
+    Example: cleave contracts check examples/shop --against origin/main
+    """
     import msgspec
 
     from cleave import compat
@@ -827,7 +963,10 @@ def contracts_check(
 
 @contracts.command("asyncapi")
 def contracts_asyncapi(path: AppArg = None, output: OutputOpt = None) -> None:
-    """Write an AsyncAPI 3.0 document of the app's events (default: APP/asyncapi.json)."""
+    """Write an AsyncAPI 3.0 document of the app's events (default: APP/asyncapi.json).
+
+    Example: cleave contracts asyncapi examples/shop -o -
+    """
     from cleave import asyncapi
 
     loaded = _load(path, None)
@@ -851,7 +990,7 @@ def _uptime(seconds: float | None) -> str:
 
 
 def main() -> None:
-    app()
+    _cliutil.run_main(app, err)
 
 
 if __name__ == "__main__":
