@@ -83,7 +83,8 @@ class Supervisor:
         self.token = ""
         self.workers = Children(loaded, stop=self._stop, say=self._say, changed=self._write_state)
         self.operations = Operations(self)
-        self.fleet = FleetSource(self)
+        self.fleet = FleetSource(self, spans=loaded.plan.observability.spans)
+        self.workers.on_stopping = self.fleet.keep
         self.dashboard = Dashboard(loaded.app, self.fleet, "processes (cleave up)")
         self.health = HealthMonitor(
             self, interval=h.interval, timeout=h.timeout, failures=h.failures
