@@ -134,3 +134,31 @@ def test_logs_takes_the_app_folder_positionally(tmp_path: Path) -> None:
     assert nothing.returncode == 1
     assert "start the app first" in nothing.stderr
     assert f"cleave run {SAMPLE}" in nothing.stderr
+
+
+def test_progress_spins_on_a_terminal_only() -> None:
+    import io
+    import time
+
+    from rich.console import Console
+
+    from cleave._cliutil import progress
+
+    terminal = Console(file=io.StringIO(), force_terminal=True, width=80)
+    with progress(terminal, "deploying orders"):
+        time.sleep(0.3)
+    assert "deploying orders" in terminal.file.getvalue()  # type: ignore[attr-defined]
+    piped = Console(file=io.StringIO(), force_terminal=False)
+    with progress(piped, "deploying orders"):
+        time.sleep(0.3)
+    assert piped.file.getvalue() == ""  # type: ignore[attr-defined]
+
+
+def test_the_app_folder_and_the_service_go_in_either_order() -> None:
+    from cleave._cliutil import split_app
+
+    assert split_app(str(SAMPLE), None) == (str(SAMPLE), None)
+    assert split_app("greeter", None) == (None, "greeter")
+    assert split_app("greeter", str(SAMPLE)) == (str(SAMPLE), "greeter")
+    assert split_app(str(SAMPLE), "greeter") == (str(SAMPLE), "greeter")
+    assert split_app(".", "greeter") == (".", "greeter")

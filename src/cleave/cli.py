@@ -4,14 +4,14 @@
 
     cleave run [APP] [--port 8000]            all services and the gateway in one process
     cleave up [APP] [--port 8000] [--detach]  one process per service group, over NATS
-    cleave ps [APP] [--json]                  the processes of a running `cleave up`
-    cleave down [APP]                         stop a running `cleave up`
+    cleave ps [APP] [--json]                  the processes of a running `cleave up` or `run`
+    cleave down [APP]                         stop a running `cleave up` or `cleave run`
     cleave token [APP] --sub ID [--scope S]   a dev token for the gateway (Authorization: Bearer)
-    cleave status [APP]                       outbox backlogs, consumers, sagas of each worker
+    cleave status [APP] [--json]              outbox backlogs, consumers, sagas of each worker
     cleave scale SERVICE=N [APP]              add or drain workers of a running app
     cleave deploy SERVICE [APP]               replace a service's workers, new before old
     cleave chaos ACTION SERVICE [VALUE] [APP] kill, pause, resume, latency, drop, fail, clear
-    cleave logs [SERVICE] [-f]                the workers' logs, merged (--app APP)
+    cleave logs [APP] [SERVICE] [-f]          the logs, merged (APP and SERVICE in either order)
     cleave db revision SERVICE [APP] -m MSG   a new schema migration, from the metadata
     cleave db upgrade [APP] [SERVICE]         migrate databases to the newest revision
     cleave db current [APP]                   the revision of every service's database
@@ -25,6 +25,11 @@
 
 APP is the app's folder (holding cleave.toml); left out, the current folder
 or the nearest one above it with a cleave.toml.
+
+Every command's ``--help`` ends with an example. Piped output is never cut to
+the terminal's width; long operations show a spinner on a terminal only. An
+unexpected error is one line; ``cleave --debug COMMAND`` shows its traceback.
+Shared helpers (consoles, progress, one-line errors) live in ``cleave._cliutil``.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ import httpx
 from rich.console import Console
 from starlette.applications import Starlette
 
+from cleave._cliutil import progress
 from cleave.errors import CleaveError, ConfigError, LifecycleError
 from cleave.observability.dashboard import Dashboard
 from cleave.runtime import control, runstate
@@ -115,7 +116,8 @@ class Supervisor:
             loop.add_signal_handler(sig, self._stop.set)
         try:
             self._lock.acquire()
-            await self._start()
+            with progress(self.console, f"starting {self.loaded.app.name}: NATS, then the workers"):
+                await self._start()
             self._say(
                 f"[bold green]{self.loaded.app.name}[/] is up: gateway "
                 f"[bold]{self.gateway_url}[/]   (Ctrl-C or `cleave down` to stop)"
