@@ -162,3 +162,12 @@ def test_the_app_folder_and_the_service_go_in_either_order() -> None:
     assert split_app("greeter", str(SAMPLE)) == (str(SAMPLE), "greeter")
     assert split_app(str(SAMPLE), "greeter") == (str(SAMPLE), "greeter")
     assert split_app(".", "greeter") == (".", "greeter")
+
+
+def test_the_app_folder_may_be_among_dead_letter_ids() -> None:
+    from cleave._cliutil import pop_app
+
+    assert pop_app(["a1", str(SAMPLE), "b2"]) == (str(SAMPLE), ["a1", "b2"])
+    assert pop_app([str(SAMPLE)]) == (str(SAMPLE), None)
+    assert pop_app(["a1"]) == (None, ["a1"])
+    assert pop_app(None) == (None, None)

@@ -25,6 +25,7 @@ from rich.table import Table
 __all__ = [
     "chaos_table",
     "console_for",
+    "pop_app",
     "progress",
     "run_main",
     "split_app",
@@ -62,12 +63,23 @@ def split_app(first: str | None, second: str | None) -> tuple[str | None, str | 
     a path) is the app.
     """
 
-    def is_app(text: str | None) -> bool:
-        return text is not None and ("/" in text or text in (".", "..") or Path(text).is_dir())
-
-    if is_app(first) and not is_app(second):
+    if _is_app(first) and not _is_app(second):
         return first, second
     return second, first
+
+
+def pop_app(ids: list[str] | None) -> tuple[str | None, list[str] | None]:
+    """(app folder, the rest) from ids given with the folder among them (``dlq replay``)."""
+    rest = list(ids or [])
+    folders = [i for i in rest if _is_app(i)]
+    if not folders:
+        return None, ids
+    rest.remove(folders[0])
+    return folders[0], rest or None
+
+
+def _is_app(text: str | None) -> bool:
+    return text is not None and ("/" in text or text in (".", "..") or Path(text).is_dir())
 
 
 def chaos_table(app_name: str, action: str, service: str, result: dict[str, Any]) -> Table:

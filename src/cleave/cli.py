@@ -17,8 +17,8 @@
     cleave db current [APP]                   the revision of every service's database
     cleave dlq list [APP] [--service S]       dead letters: events consumers gave up on
     cleave dlq show ID [APP]                  one dead letter: its event, headers, error
-    cleave dlq replay ID... | --all           handle them again, through the inbox (--app APP)
-    cleave dlq purge ID... | --all            delete them for good (--app APP)
+    cleave dlq replay ID... | --all [APP]     handle them again, through the inbox
+    cleave dlq purge ID... | --all [APP]      delete them for good
     cleave contracts snapshot [APP]           write APP/contracts.lock.json
     cleave contracts check [APP] [--against]  breaking changes since the lock (or a file, a git ref)
     cleave contracts asyncapi [APP]           an AsyncAPI 3 document of the events
@@ -702,9 +702,15 @@ ServiceOpt = Annotated[
     str | None, typer.Option("--service", "-s", help="Only this service's dead letters.")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-AppOpt = Annotated[str | None, typer.Option("--app", help="The app's folder.")]
+AppOpt = Annotated[
+    str | None, typer.Option("--app", help="The app's folder (or give it among the ids).")
+]
 IdsArg = Annotated[
-    list[str] | None, typer.Argument(help="Ids of dead letters (`cleave dlq list` shows them).")
+    list[str] | None,
+    typer.Argument(
+        help="Ids of dead letters (`cleave dlq list` shows them), and the app's folder if not "
+        "the current one."
+    ),
 ]
 AllOpt = Annotated[bool, typer.Option("--all", help="Every dead letter (of --service).")]
 T = TypeVar("T")
@@ -820,10 +826,11 @@ def dlq_replay(
     The running app (`cleave run` or `cleave up`) replays them within a second;
     with the app stopped, they are replayed when it starts.
 
-    Example: cleave dlq replay --all --service shipping --app examples/shop
+    Example: cleave dlq replay --all --service shipping examples/shop
     """
+    folder, ids = _cliutil.pop_app(ids)
     chosen = _chosen(ids, every, "replay")
-    loaded = _load(path, state_dir)
+    loaded = _load(folder or path, state_dir)
     done = _with_letters(loaded, lambda letters: letters.replay(chosen, service=service, wait=wait))
     if not done:
         console.print("no dead letters to replay")
@@ -859,10 +866,11 @@ def dlq_purge(
 ) -> None:
     """Delete dead letters for good (the janitor deletes old ones by itself).
 
-    Example: cleave dlq purge --all --service shipping --app examples/shop
+    Example: cleave dlq purge 3f2a9c examples/shop
     """
+    folder, ids = _cliutil.pop_app(ids)
     chosen = _chosen(ids, every, "purge")
-    loaded = _load(path, state_dir)
+    loaded = _load(folder or path, state_dir)
     gone = _with_letters(loaded, lambda letters: letters.purge(chosen, service=service))
     console.print(f"{loaded.app.name}: purged {len(gone)} dead letter(s)")
 

@@ -155,8 +155,9 @@ def request(
     state = read_state(loaded)
     if state is None:
         raise LifecycleError(
-            f"no `cleave up` is running for app {loaded.app.name} (no live supervisor in "
-            f"{loaded.run_dir}); start one with `cleave up {loaded.root}`"
+            f"no `cleave up` or `cleave run` is running for app {loaded.app.name} (no live "
+            f"process in {loaded.run_dir}); start one with `cleave up {loaded.root}` or "
+            f"`cleave run {loaded.root}`"
         )
     url = f"http://127.0.0.1:{state['control_port']}{path}"
     data = json.dumps(body).encode() if body is not None else None
