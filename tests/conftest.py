@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+# Cleave's pytest plugin: registered by entry point when Cleave is installed, and by name
+# here for runs from the source tree (the same name: pytest loads it once).
+pytest_plugins = ["cleave_pytest"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "tests" / "apps" / "sample"
@@ -29,16 +33,12 @@ def _reset_sample_counters() -> None:
 
 
 @pytest.fixture(scope="session")
-def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real nats-server with JetStream (fsync always), on a free loopback port."""
-    from cleave.runtime.natsd import EmbeddedNats
+def nats_url(cleave_nats_url: str) -> str:
+    """A real nats-server with JetStream (fsync always), on a free loopback port.
 
-    server = EmbeddedNats(tmp_path_factory.mktemp("nats"), name="cleave_tests")
-    server.launch()
-    try:
-        yield server.url
-    finally:
-        server.shutdown()
+    The plugin's server: tests that use either name share one.
+    """
+    return cleave_nats_url
 
 
 @pytest.fixture
@@ -89,20 +89,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-@pytest.fixture(params=["monolith", pytest.param("nats", marks=pytest.mark.nats)])
-async def placed(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    """The sample app in the placement named by the parameter: one test body, both placements."""
+@pytest.fixture
+def cleave_app() -> Any:
+    """The app the plugin's ``cleave_harness`` runs: the sample app, unless a test overrides it."""
     import sample_app
 
-    from cleave.testing import Harness, NatsHarness
+    return sample_app.app
 
-    if request.param == "monolith":
-        async with Harness(sample_app.app, tmp_path) as h:
-            yield h
-    else:
-        nats_url = request.getfixturevalue("nats_url")
-        async with NatsHarness(sample_app.app, nats_url, tmp_path) as h:
-            yield h
+
+@pytest.fixture
+def placed(cleave_harness: Any) -> Any:
+    """The sample app in each placement (the plugin's harness): one test body, both placements."""
+    return cleave_harness
 
 
 # -- real processes --------------------------------------------------------------------------

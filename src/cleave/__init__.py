@@ -6,6 +6,7 @@ and ``cleave.transport`` (for those who extend Cleave) or in private modules.
 
 from cleave.app import App
 from cleave.audience import publish_versions
+from cleave.connection import connect
 from cleave.context import CallContext, Identity, current, timeout
 from cleave.contracts import contract, deprecated, idempotent, readonly
 from cleave.data.database import Database, Transaction
@@ -66,6 +67,7 @@ __all__ = [
     "Transaction",
     "Unavailable",
     "adapts",
+    "connect",
     "contract",
     "current",
     "deprecated",

@@ -6,6 +6,8 @@
     cleave up [APP] [--port 8000] [--detach]  one process per service group, over NATS
     cleave ps [APP] [--json]                  the processes of a running `cleave up` or `run`
     cleave down [APP]                         stop a running `cleave up` or `cleave run`
+    cleave serve [APP] --group G              one group in the foreground, on your NATS
+    cleave gateway [APP] [--port 8000]        the gateway alone, in the foreground, on your NATS
     cleave token [APP] --sub ID [--scope S]   a dev token for the gateway (Authorization: Bearer)
     cleave status [APP] [--json]              outbox backlogs, consumers, sagas of each worker
     cleave scale SERVICE=N [APP]              add or drain workers of a running app
@@ -22,6 +24,8 @@
     cleave contracts snapshot [APP]           write APP/contracts.lock.json
     cleave contracts check [APP] [--against]  breaking changes since the lock (or a file, a git ref)
     cleave contracts asyncapi [APP]           an AsyncAPI 3 document of the events
+    cleave coupling [APP] [--repo PATH]       when to split and when to merge, from history
+    cleave build [APP] --target T --out DIR   Kubernetes, compose or GitHub Actions artifacts
 
 APP is the app's folder (holding cleave.toml); left out, the current folder
 or the nearest one above it with a cleave.toml.
@@ -49,9 +53,13 @@ from rich.table import Table
 
 from cleave import _cliutil
 from cleave._cliutil import chaos_table, console_for, progress, split_app
+from cleave._serve_cli import gateway as gateway_command
+from cleave._serve_cli import serve as serve_command
 from cleave.app import LoadedApp, load
 from cleave.config import mask_url
+from cleave.deploy.command import build_command as _build_command
 from cleave.errors import CleaveError
+from cleave.scaffold import cli as scaffold_cli
 
 if TYPE_CHECKING:
     from cleave.runtime.dlq import AppDeadLetters
@@ -188,6 +196,11 @@ def up(
     except CleaveError as exc:
         _fail(str(exc))
     raise typer.Exit(code)
+
+
+# One group, or the gateway, run by a scheduler against an external NATS.
+app.command("serve")(serve_command)
+app.command("gateway")(gateway_command)
 
 
 def _auth_lines(loaded: LoadedApp) -> None:
@@ -584,6 +597,9 @@ def down(path: AppArg = None, state_dir: StateOpt = None) -> None:
     console.print(f"{loaded.app.name}: {'stopped' if stopped else 'was not running'}")
 
 
+app.command()(scaffold_cli.new)
+app.add_typer(scaffold_cli.add, name="add")
+
 db = typer.Typer(
     help="Schema migrations of each service's database (Alembic).", no_args_is_help=True
 )
@@ -648,7 +664,10 @@ def db_upgrade(
     service: Annotated[str | None, typer.Option(help="Only this service.")] = None,
     state_dir: StateOpt = None,
 ) -> None:
-    """Migrate each service's database to its newest revision (also done on start).
+    """Migrate each service's database to its newest revision.
+
+    Also done when a service starts, unless [database] migrate = false (or
+    `cleave serve --no-migrate`): then this is the step that migrates.
 
     Example: cleave db upgrade examples/shop --service orders
     """
@@ -991,6 +1010,11 @@ def contracts_asyncapi(path: AppArg = None, output: OutputOpt = None) -> None:
         console.print(f"{loaded.app.name}: wrote {target}", highlight=False)
 
 
+from cleave.coupling.command import coupling as _coupling  # noqa: E402 - registered here
+
+app.command("coupling")(_coupling)
+
+
 def _uptime(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -1000,6 +1024,10 @@ def _uptime(seconds: float | None) -> str:
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+# `cleave build`: see cleave.deploy.
+app.command("build")(_build_command)
 
 
 def main() -> None:

@@ -33,6 +33,9 @@ plan, with the defaults::
                                   # files in .cleave/data (CLEAVE_DATABASE_URL overrides it)
     synchronous = "full"          # SQLite: a commit returns once it is on disk (group commit);
                                   # "normal": faster, survives a killed process, not a power cut
+    migrate = true                # upgrade each database to its newest migration on start;
+                                  # false: refuse to start on a database behind the code (run
+                                  # `cleave db upgrade` first; `cleave serve --no-migrate`)
 
     [events]
     retention_days = 7.0          # how long streams keep events (JetStream's max_age); inboxes
@@ -71,6 +74,11 @@ plan, with the defaults::
 
     [groups]                      # services sharing one process; others run alone
     checkout = ["orders", "billing"]
+
+    [coupling]                    # `cleave coupling`: see docs/coupling.md for every setting
+    window_hours = 1.0            # an author's commits this close form one change (no ticket id)
+    # [coupling.paths]            # files of a service, beyond what Cleave finds (globs, from
+    # orders = ["legacy/order_*.py"]   # the app folder)
 
     [services.billing]
     replicas = 1
@@ -111,6 +119,7 @@ from cleave.resilience import ResilienceOverride, ResilienceSettings
 __all__ = [
     "AppSettings",
     "AuthSettings",
+    "CouplingSettings",
     "DatabaseSettings",
     "EventsSettings",
     "GatewaySettings",
@@ -268,6 +277,9 @@ class HealthSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=
 class DatabaseSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     url: str = ""
     synchronous: str = "full"
+    #: Upgrade each database to its newest migration on start; False: only check it is
+    #: not behind (``cleave db upgrade`` is a step of its own, run before the workers).
+    migrate: bool = True
 
     def __post_init__(self) -> None:
         check_synchronous(self.synchronous)
@@ -297,6 +309,33 @@ class ServiceSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields
     subscriptions: dict[str, SubscriptionSettings] = {}
 
 
+class CouplingSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How ``cleave coupling`` reads history (``[coupling]``; docs/coupling.md has each setting)."""
+
+    #: A ticket id in a commit message (the first match names the change it belongs to).
+    ticket: str = r"\b[A-Z][A-Z0-9]+-[0-9]+\b"
+    #: Commits of one author this close to the first of a change join it (no ticket id).
+    window_hours: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    #: Changes touching more files are ignored (code-maat's max changeset size).
+    max_changeset: Annotated[int, msgspec.Meta(ge=1)] = 30
+    #: code-maat's thresholds: revisions of each side, shared revisions, degree (percent).
+    min_revs: Annotated[int, msgspec.Meta(ge=1)] = 5
+    min_shared: Annotated[int, msgspec.Meta(ge=1)] = 5
+    min_degree: Annotated[int, msgspec.Meta(ge=0, le=100)] = 30
+    #: Degree from which two services "always change together": merge them.
+    merge_degree: Annotated[int, msgspec.Meta(ge=0, le=100)] = 60
+    #: Calls per request across an edge from which it is "chatty".
+    chatty_calls: Annotated[float, msgspec.Meta(gt=0)] = 3.0
+    #: A team this small (distinct authors) is "few authors".
+    small_team: Annotated[int, msgspec.Meta(ge=1)] = 3
+    #: Files of each service beyond the ones found from the app (globs, from the app folder).
+    paths: dict[str, tuple[str, ...]] = {}
+    #: Files left out of every measure (globs, from the app folder).
+    ignore: tuple[str, ...] = ("contracts.lock.json", "asyncapi.json")
+    #: A repository (its folder's name) that holds one service's code only.
+    repos: dict[str, str] = {}
+
+
 class Plan(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The whole of ``cleave.toml``."""
 
@@ -312,6 +351,7 @@ class Plan(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     observability: ObservabilitySettings = ObservabilitySettings()
     groups: dict[str, tuple[str, ...]] = {}
     services: dict[str, ServiceSettings] = {}
+    coupling: CouplingSettings = CouplingSettings()
 
     def service(self, name: str) -> ServiceSettings:
         return self.services.get(name) or ServiceSettings()

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import http.server
 import threading
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from cleave.observability.tracing import SERVER, Tracer, id_attributes, summaries, tracer
-from cleave.testing import Harness, NatsHarness
 
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -117,16 +115,17 @@ def test_spans_are_exported_over_otlp(otlp: list[bytes]) -> None:
     assert exported.status.message == "declined"
 
 
-@pytest.fixture(params=["monolith", pytest.param("nats", marks=pytest.mark.nats)])
-async def shop(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+@pytest.fixture
+def cleave_app() -> Any:
     from shop.app import app
 
-    if request.param == "monolith":
-        async with Harness(app, tmp_path) as h:
-            yield h
-    else:
-        async with NatsHarness(app, request.getfixturevalue("nats_url"), tmp_path) as h:
-            yield h
+    return app
+
+
+@pytest.fixture
+def shop(cleave_harness: Any) -> Any:
+    """The shop in each placement (the pytest plugin's harness)."""
+    return cleave_harness
 
 
 async def test_one_trace_from_the_gateway_to_the_shipment(shop: Any) -> None:

@@ -9,8 +9,6 @@ the system).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import httpx
@@ -19,7 +17,6 @@ import pytest
 import sqlalchemy as sa
 
 import cleave
-from cleave.testing import Harness, NatsHarness
 from cleave.transport.wire import request_decoder
 
 
@@ -91,15 +88,10 @@ gateway.get("/open", Front.visit, auth="public")
 app = cleave.App("identity", services=[FrontService, BackService], gateway=gateway)
 
 
-@pytest.fixture(params=["monolith", pytest.param("nats", marks=pytest.mark.nats)])
-async def placed(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+@pytest.fixture
+def cleave_app() -> cleave.App:
     BackService.handled.clear()
-    if request.param == "monolith":
-        async with Harness(app, tmp_path) as h:
-            yield h
-    else:
-        async with NatsHarness(app, request.getfixturevalue("nats_url"), tmp_path) as h:
-            yield h
+    return app
 
 
 async def test_the_identity_reaches_every_call_and_the_events_it_causes(placed: Any) -> None:

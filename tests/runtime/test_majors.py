@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -158,15 +157,16 @@ both = cleave.App("bank", services=[LedgerService, AuditService], gateway=gatewa
 moved = cleave.App("bank", services=[LedgerService, AuditV2Service])
 
 
-@pytest.fixture(params=["monolith", pytest.param("nats", marks=pytest.mark.nats)])
-async def bank(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+@pytest.fixture
+def cleave_app() -> cleave.App:
     LedgerService.executions = 0
-    if request.param == "monolith":
-        async with Harness(both, tmp_path) as h:
-            yield h
-    else:
-        async with NatsHarness(both, request.getfixturevalue("nats_url"), tmp_path) as h:
-            yield h
+    return both
+
+
+@pytest.fixture
+def bank(cleave_harness: Any) -> Any:
+    """The ledger app in each placement (the pytest plugin's harness)."""
+    return cleave_harness
 
 
 def _ledger_host(h: Any) -> Any:

@@ -96,6 +96,7 @@ def test_credentials_are_private_files_and_never_shown(tmp_path: Path) -> None:
         "front.json",
         "audit.json",
         "gateway.json",
+        "client.json",
         "admin.json",
     }
     for path in folder.iterdir():

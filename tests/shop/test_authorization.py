@@ -10,8 +10,6 @@ the identity the call carries: so the monolith and NATS must agree.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -56,17 +54,17 @@ MATRIX: list[tuple[str, str, str, Any, tuple[int, int, int, int]]] = [
 ]
 
 
-@pytest.fixture(params=["monolith", pytest.param("nats", marks=pytest.mark.nats)])
-async def shop(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+@pytest.fixture
+def cleave_app() -> Any:
     from shop.app import app
 
-    if request.param == "monolith":
-        async with Harness(app, tmp_path) as h:
-            yield h
-    else:
-        nats_url = request.getfixturevalue("nats_url")
-        async with NatsHarness(app, nats_url, tmp_path) as h:
-            yield h
+    return app
+
+
+@pytest.fixture
+def shop(cleave_harness: Harness | NatsHarness) -> Harness | NatsHarness:
+    """The shop in each placement (the pytest plugin's harness)."""
+    return cleave_harness
 
 
 def test_every_route_of_the_shop_is_in_the_matrix() -> None:

@@ -482,6 +482,8 @@ class Database:
         #: Alembic revisions for this database (see cleave.data.migrations); None: create_all.
         self.migrations = Path(migrations) if migrations is not None else None
         self.revision: str | None = None
+        #: Upgrade to the newest revision on start; False: refuse a database behind it.
+        self.migrate = True
         self.service = ""
         self.url = ""
         self.attr = "db"
@@ -525,13 +527,17 @@ class Database:
         event_subjects: dict[type, str],
         *,
         synchronous: str = "full",
+        migrate: bool = True,
     ) -> Database:
         """A copy of this declaration for one running service, not yet started.
 
         ``synchronous`` is ``[database] synchronous`` of cleave.toml: ``"full"``
-        or ``"normal"`` (see the module's docstring).
+        or ``"normal"`` (see the module's docstring). ``migrate`` is ``[database]
+        migrate``: False checks the revision instead of upgrading (see
+        :func:`cleave.data.migrations.check_sync`).
         """
         bound = Database(self.metadata, migrations=self.migrations)
+        bound.migrate = migrate
         bound.attr = self.attr
         bound.service = service
         bound.url = url
@@ -632,9 +638,12 @@ class Database:
         schema.metadata.create_all(connection)
         schema.upgrade(connection)
         if self.migrations is not None:
-            from cleave.data.migrations import upgrade_sync
+            from cleave.data.migrations import check_sync, upgrade_sync
 
-            self.revision = upgrade_sync(connection, self.migrations, self.metadata)
+            if self.migrate:
+                self.revision = upgrade_sync(connection, self.migrations, self.metadata)
+            else:
+                self.revision = check_sync(connection, self.migrations, self.service)
         else:
             self.metadata.create_all(connection)
 

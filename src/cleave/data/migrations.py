@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+import structlog
 from alembic import autogenerate
 from alembic.config import Config
 from alembic.operations import Operations
@@ -39,7 +40,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from cleave.errors import ConfigError
 
-__all__ = ["current", "init", "newest", "revision", "upgrade", "upgrade_sync"]
+__all__ = ["check_sync", "current", "init", "newest", "revision", "upgrade", "upgrade_sync"]
+
+log = structlog.get_logger("cleave.migrations")
 
 _TEMPLATE = '''"""${message}
 
@@ -50,6 +53,7 @@ Create Date: ${create_date}
 from collections.abc import Sequence
 
 import sqlalchemy as sa
+import structlog
 from alembic import op
 ${imports if imports else ""}
 revision: str = ${repr(up_revision)}
@@ -115,6 +119,42 @@ def upgrade_sync(connection: sa.Connection, folder: Path, metadata: sa.MetaData)
     with Operations.context(context):
         context.run_migrations()
     return context.get_current_revision()
+
+
+def check_sync(connection: sa.Connection, folder: Path, service: str) -> str | None:
+    """The revision of the database behind ``connection``, refused if behind ``folder``'s newest.
+
+    For workers started with migrations off (``[database] migrate = false``):
+    the schema is migrated as a step of its own (``cleave db upgrade``), and
+    code must never run on a schema older than it expects.
+
+    A revision the folder does not know is taken as newer code's: it is
+    served, with a warning. That is what a rolling deploy needs: the new
+    code's migration runs first, and while the old replicas drain they still
+    serve the (expanded, backwards-compatible) schema; refusing them would
+    turn every deploy into an outage. Migrations that break older code must
+    wait until no older replica runs (expand, deploy, then contract).
+    """
+    script = _script(folder)
+    head = script.get_current_head()
+    current = MigrationContext.configure(connection).get_current_revision()
+    if current == head:
+        return current
+    known = {rev.revision for rev in script.walk_revisions()}
+    if current is None or current in known:
+        at = f"revision {current}" if current else "no revision (never migrated)"
+        raise ConfigError(
+            f"{service}: its database is at {at}, behind this code's newest revision {head}, "
+            "and migrations on start are off ([database] migrate = false, or --no-migrate); "
+            f"run `cleave db upgrade APP --service {service}` first"
+        )
+    log.warning(
+        "database is ahead of this code; serving it (a newer version migrated it)",
+        service=service,
+        revision=current,
+        newest_known=head,
+    )
+    return current
 
 
 def _include(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:

@@ -98,16 +98,35 @@ class OutboxRelay:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="outbox-relay")
 
-    async def stop(self) -> None:
+    async def stop(self, flush: float = 0.0) -> None:
+        """Stop relaying; with ``flush`` > 0, first publish what the outbox holds (up to that long).
+
+        Only the holder of the lease publishes: another replica's relay goes on
+        with the rows this one leaves.
+        """
         if self._task is not None:
             await cancel_and_wait(self._task)
             self._task = None
+        if flush > 0 and self._lease.held:
+            await self._flush(flush)
         # Rows settled since the last pass go; unsettled ones stay, to be re-sent at the next start.
         with contextlib.suppress(Exception):
             await self._delete_settled()
         if self._lease.held:
             with contextlib.suppress(Exception):
                 await self._release()
+
+    async def _flush(self, within: float) -> None:
+        try:
+            async with asyncio.timeout(within):
+                while await self.relay_once():
+                    pass
+        except Exception as exc:  # the broker or the database away: the rows stay for later
+            log.warning(
+                "outbox not flushed on stop; its rows go out at the next start",
+                service=self.db.service,
+                error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+            )
 
     async def backlog(self) -> int:
         """Rows waiting to be relayed."""

@@ -73,12 +73,16 @@ class Guard:
     def __init__(self, app: ASGIApp, token: str, hosts: Iterable[str] = ()) -> None:
         self.app = app
         self.token = token
-        self.hosts = LOOPBACK | {h for h in hosts if h not in ("", "0.0.0.0", "::")}
+        hosts = set(hosts)
+        #: ``"*"``: any ``Host`` (an admin port a scheduler's probes and Prometheus reach by
+        #: the pod's address, not a developer's browser); changes still need the token.
+        self.any_host = "*" in hosts
+        self.hosts = LOOPBACK | {h for h in hosts if h not in ("", "*", "0.0.0.0", "::")}
 
     def problem(self, method: str, headers: Headers) -> tuple[int, str] | None:
         """Why a request is refused (status, message), or None if it may go on."""
         host = headers.get("host", "")
-        if _hostname(host).lower() not in self.hosts:
+        if not self.any_host and _hostname(host).lower() not in self.hosts:
             return 403, (
                 f"Host {host!r} is not this machine's loopback: the control plane answers only "
                 "requests addressed to 127.0.0.1, localhost or ::1 (DNS rebinding is refused); "

@@ -19,6 +19,7 @@ version), and counts uses of deprecated methods and events.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 from collections.abc import Sequence
@@ -58,7 +59,7 @@ class RpcServer(Protocol):
     """Takes remote calls for the dispatchers of a host (see the NATS transport)."""
 
     async def serve(self, dispatchers: Sequence[Dispatcher]) -> None: ...
-    async def stop(self) -> None: ...
+    async def stop(self, grace: float = 10.0) -> None: ...
 
 
 class HostState(enum.Enum):
@@ -168,7 +169,13 @@ class Host:
             declared: Database = getattr(spec.cls, spec.database)
             url = self.plan.database_url(name, self.data_dir)
             subjects = {ev: spec.contract.event_subject(ev) for ev in spec.events}
-            db = declared.bind(name, url, subjects, synchronous=self.plan.database.synchronous)
+            db = declared.bind(
+                name,
+                url,
+                subjects,
+                synchronous=self.plan.database.synchronous,
+                migrate=self.plan.database.migrate,
+            )
             await db.start()
             self.databases[name] = db
             instance.__dict__[spec.database] = db
@@ -307,22 +314,27 @@ class Host:
             },
         }
 
-    async def stop(self) -> None:
-        """Stop taking calls and events, let work in progress finish, close databases."""
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking calls and events, let work in progress finish, close databases.
+
+        Calls and event deliveries stop together; calls in progress get up to
+        ``grace`` seconds. Each relay publishes what its outbox holds before it
+        stops (events committed by the last calls go out now, not at the next start).
+        """
         if self.state in (HostState.STOPPING, HostState.STOPPED):
             return
         self.state = HostState.STOPPING
+        stopping = [sub.stop() for sub in self.subscriptions]
         if self.server is not None:
-            await self.server.stop()
-        for sub in self.subscriptions:
-            await sub.stop()
+            stopping.append(self.server.stop(grace))
+        await asyncio.gather(*stopping)
         await self.replayer.stop()
         for runner in self.sagas:
             await runner.stop()
         for janitor in self.janitors:
             await janitor.stop()
         for relay in self.relays.values():
-            await relay.stop()
+            await relay.stop(flush=grace)
         for audience in self.audiences.values():
             await audience.stop()
         for name in reversed(self.names):

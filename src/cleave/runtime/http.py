@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -76,6 +77,7 @@ class HttpServer:
         )
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None
+        self.cut_short = 0
 
     @property
     def url(self) -> str:
@@ -89,10 +91,25 @@ class HttpServer:
                 raise ConfigError(f"the HTTP server on {self.url} stopped while starting")
             await asyncio.sleep(0.01)
 
-    async def stop(self) -> None:
+    @property
+    def in_flight(self) -> int:
+        """Requests being handled now; once stopped, those the grace cut short."""
+        return len(self._server.server_state.tasks) if self._task is not None else self.cut_short
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting; requests in progress get ``grace`` seconds (default 10) to finish."""
         if self._task is None:
             return
+        if grace is not None:
+            # Typed int by uvicorn; it is the timeout of an asyncio.wait_for, so a float works.
+            self._server.config.timeout_graceful_shutdown = grace  # type: ignore[assignment]
+        wait = self._server.config.timeout_graceful_shutdown or 0.0
         self._server.should_exit = True
+        # uvicorn cancels what is still running at its own deadline; count it at ours.
+        deadline = time.monotonic() + wait
+        while self._server.server_state.tasks and time.monotonic() < deadline:  # noqa: ASYNC110 - uvicorn offers no event
+            await asyncio.sleep(0.05)
+        self.cut_short = len(self._server.server_state.tasks)
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None

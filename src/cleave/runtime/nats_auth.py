@@ -21,6 +21,10 @@ they can never drift from the code:
 - reading replies only under its own inbox prefix, ``_INBOX_<identity>``,
   so no service reads another's replies.
 
+Programs outside the app (``cleave.connect`` on the app's folder) sign in as
+``client``: requests to every service, replies under ``_INBOX_client``, and
+nothing else (no events, no streams).
+
 Every subject respects ``[nats] prefix`` (:mod:`cleave.transport.prefix`).
 """
 
@@ -46,10 +50,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ADMIN",
+    "CLIENT",
     "GATEWAY",
     "Identity",
     "Permissions",
     "auth_dir",
+    "client_permissions",
     "credentials_file",
     "gateway_permissions",
     "group_permissions",
@@ -63,6 +69,8 @@ __all__ = [
 
 ADMIN = "admin"
 GATEWAY = "gateway"
+#: Programs outside the app (``cleave.connect``): they call services, nothing else.
+CLIENT = "client"
 
 
 class Identity(msgspec.Struct, frozen=True, kw_only=True):
@@ -155,6 +163,16 @@ def gateway_permissions(loaded: LoadedApp) -> Permissions:
     return Permissions(publish=tuple(calls), subscribe=(f"{inbox_prefix(GATEWAY)}.>",))
 
 
+def client_permissions(loaded: LoadedApp) -> Permissions:
+    """``cleave.connect`` from a script or job: it calls every service, any major; that is all.
+
+    It subscribes only to its own replies: no events, no streams, no serving.
+    """
+    pfx = loaded.plan.nats.prefix
+    calls = sorted({_calls(pfx, spec.contract) for spec in loaded.app.services.values()})
+    return Permissions(publish=tuple(calls), subscribe=(f"{inbox_prefix(CLIENT)}.>",))
+
+
 def write_private(path: Path, text: str) -> None:
     """Write ``text`` to a file only its owner can read (created so, never widened)."""
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -173,23 +191,27 @@ def private_dir(path: Path) -> Path:
 
 
 def make_identities(loaded: LoadedApp) -> dict[str, tuple[Identity, Permissions | None]]:
-    """New credentials for every group, the gateway and ``admin``, written under ``.cleave``.
+    """New credentials for every group, the gateway, ``client`` and ``admin``, under ``.cleave``.
 
-    ``admin`` (the supervisor's tooling and operators' ``nats`` CLI) has no
-    restriction. Returns them by identity name, with their permissions.
+    ``client`` is what ``cleave.connect(app_folder)`` signs in as (it may call
+    every service, and nothing else); ``admin`` (the supervisor's tooling and
+    operators' ``nats`` CLI) has no restriction. Returns them by identity name,
+    with their permissions.
     """
     folder = private_dir(auth_dir(loaded))
     wanted: dict[str, Permissions | None] = {
         _safe(group): group_permissions(loaded, services, _safe(group))
         for group, services in loaded.groups().items()
     }
-    if GATEWAY in wanted or ADMIN in wanted:
+    if GATEWAY in wanted or ADMIN in wanted or CLIENT in wanted:
         raise ConfigError(
-            f"cleave.toml [groups]: {GATEWAY!r} and {ADMIN!r} are reserved for the NATS "
-            "identities of the gateway and the tooling; name the group otherwise"
+            f"cleave.toml [groups]: {GATEWAY!r}, {ADMIN!r} and {CLIENT!r} are reserved for the "
+            "NATS identities of the gateway, the tooling and outside programs; name the group "
+            "otherwise"
         )
     if loaded.app.gateway is not None:
         wanted[GATEWAY] = gateway_permissions(loaded)
+    wanted[CLIENT] = client_permissions(loaded)
     wanted[ADMIN] = None
     made: dict[str, tuple[Identity, Permissions | None]] = {}
     for name, perms in wanted.items():

@@ -151,6 +151,11 @@ def client_context(loaded: LoadedApp) -> ssl.SSLContext | None:
         if not nats.tls:
             return None
         return _context(str(tls_dir(loaded) / "ca.pem"), "", "")
+    return external_context(nats)
+
+
+def external_context(nats: NatsSettings) -> ssl.SSLContext | None:
+    """The TLS context for the server at ``nats.url``, from its ``ca``/``cert``/``key``."""
     if bool(nats.cert) != bool(nats.key):
         raise ConfigError(
             "[nats] cert and key go together (a client certificate and its private key); "

@@ -29,19 +29,29 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from cleave.app import LoadedApp, load
+from cleave.errors import ConfigError
 from cleave.observability import otel
 from cleave.observability.tracing import tracer
 from cleave.runtime.admin import Health, admin_app
 from cleave.runtime.guard import Guard, read_token
+from cleave.runtime.host import Host
 from cleave.runtime.http import HttpServer
 from cleave.runtime.procs import die_with_parent, freeze_heap, run_main
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NatsClient
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+__all__ = ["Worker", "code_version", "main"]
 
 
 class _Notifier:
@@ -69,57 +79,108 @@ def code_version(loaded: LoadedApp) -> str:
     return f"{loaded.plan.app.version}+{digest.hexdigest()}"
 
 
-async def _serve(
-    loaded: LoadedApp, args: argparse.Namespace, stop: asyncio.Event, notify: _Notifier
-) -> None:
-    from cleave.gateway.asgi import build_asgi
-    from cleave.gateway.auth import Authenticator
-    from cleave.gateway.limits import RateLimiter
-    from cleave.runtime.host import Host
-    from cleave.transport.jetstream import JetStreamBroker
-    from cleave.transport.nats import NatsRpcClient, NatsRpcServer, connect
+class Worker:
+    """One group's services (or the gateway) on a NATS connection: what a worker process runs.
 
-    app, plan = loaded.app, loaded.plan
-    obs = plan.observability
-    tracer.configure(enabled=obs.tracing, sample_rate=obs.sample_rate, capacity=obs.spans)
-    otel.configure(obs.opentelemetry)
-    gateway = args.role == "gateway"
-    if gateway and app.gateway is None:
-        raise SystemExit(f"app {app.name} has no gateway")
-    names = [] if gateway else list(loaded.groups()[args.group])
-    label = f"{'gateway' if gateway else args.group}.{args.replica}"
-    instance = f"{label}-{os.getpid()}"
-    prefix = plan.nats.prefix
-    version = code_version(loaded)
-    # An external server's URL (which may hold a password) from the plan, not from argv.
-    url = plan.nats.url or args.nats
-    nc = await connect(url, f"{app.name}.{label}", **_nats_options(loaded, args))
-    try:
+    ``cleave up``'s workers (:func:`main`) and ``cleave serve`` / ``cleave
+    gateway`` (:mod:`cleave.runtime.serve`) both run one. :meth:`open_admin`
+    may come first, before NATS is reachable: the admin port then answers
+    liveness (200) and readiness (503) while the process waits. :meth:`start`
+    starts the services on ``nc`` and marks the process ready; :meth:`drain`
+    marks it not ready at once, stops taking calls, events and requests, lets
+    those in progress finish (up to ``grace`` seconds each), publishes what the
+    outboxes hold and closes the databases.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedApp,
+        *,
+        role: str,
+        group: str = "",
+        replica: int = 0,
+        instance: str = "",
+        admin: tuple[str, int] = ("127.0.0.1", 0),
+        admin_hosts: tuple[str, ...] = (),
+        gateway: tuple[str, int] | None = None,
+        listen_fd: int | None = None,
+    ) -> None:
+        app = loaded.app
+        self.loaded = loaded
+        self.gateway = role == "gateway"
+        if self.gateway and app.gateway is None:
+            raise ConfigError(f"app {app.name} has no gateway")
+        groups = loaded.groups()
+        if not self.gateway and group not in groups:
+            raise ConfigError(
+                f"app {app.name} has no group {group!r}; its groups: {', '.join(groups)} "
+                "(cleave.toml [groups]; a service in none is a group of its own)"
+            )
+        self.names: list[str] = [] if self.gateway else list(groups[group])
+        self.label = f"{'gateway' if self.gateway else group}.{replica}"
+        self.instance = instance or f"{self.label}-{os.getpid()}"
+        #: The code this process runs (:func:`code_version`), once started.
+        self.version = ""
+        self.health = Health()
+        self.host: Host | None = None
+        self.http: HttpServer | None = None
+        self.admin: HttpServer | None = None
+        self._admin_addr = admin
+        self._admin_hosts = admin_hosts
+        self._gateway_addr = gateway
+        self._listen_fd = listen_fd
+        self._admin_app = _Swappable(_waiting_app(self.health))
+
+    @property
+    def services(self) -> list[str]:
+        """What this process runs, for logs and notes: its services, or ``["gateway"]``."""
+        return self.names or ["gateway"]
+
+    async def open_admin(self) -> int:
+        """Serve the admin port (liveness now, the rest once started); returns its port."""
+        if self.admin is None:
+            # /faults changes the worker: it wants the run's token (cleave.runtime.guard).
+            guarded = Guard(self._admin_app, read_token(self.loaded.run_dir), self._admin_hosts)
+            host, port = self._admin_addr
+            self.admin = HttpServer(guarded, host, port)
+            await self.admin.start()
+        return self.admin.port
+
+    async def start(self, nc: NatsClient) -> None:
+        """Start the services (or the gateway) on ``nc``; the process is ready after this."""
+        from cleave.gateway.asgi import build_asgi
+        from cleave.gateway.auth import Authenticator
+        from cleave.gateway.limits import RateLimiter
+        from cleave.transport.jetstream import JetStreamBroker
+        from cleave.transport.nats import NatsRpcClient, NatsRpcServer
+
+        loaded, app, plan = self.loaded, self.loaded.app, self.loaded.plan
+        obs = plan.observability
+        tracer.configure(enabled=obs.tracing, sample_rate=obs.sample_rate, capacity=obs.spans)
+        otel.configure(obs.opentelemetry)
+        prefix = plan.nats.prefix
+        self.version = code_version(loaded)
         server = (
             None
-            if gateway
-            else NatsRpcServer(nc, instance=instance, version=version, prefix=prefix)
+            if self.gateway
+            else NatsRpcServer(nc, instance=self.instance, version=self.version, prefix=prefix)
         )
-        host = Host(
+        self.host = host = Host(
             app,
             plan,
-            names,
+            self.names,
             broker=JetStreamBroker(
                 nc, prefix=prefix, max_age=plan.events.retention_days * 24 * 3600.0
             ),
             data_dir=loaded.data_dir,
-            instance=instance,
+            instance=self.instance,
             remote=NatsRpcClient(nc, prefix=prefix),
             server=server,
         )
-        health = Health()
-        # /faults changes the worker: it wants the run's token (cleave.runtime.guard).
-        guarded = Guard(admin_app(health, host), read_token(loaded.run_dir))
-        admin = HttpServer(guarded, "127.0.0.1", 0)
-        await admin.start()
+        await self.open_admin()
+        self._admin_app.app = admin_app(self.health, host)
         await host.start()
-        http: HttpServer | None = None
-        if gateway:
+        if self.gateway:
             assert app.gateway is not None
             asgi = build_asgi(
                 app.gateway,
@@ -132,30 +193,101 @@ async def _serve(
                 limiter=RateLimiter(plan.gateway.rate, plan.gateway.burst),
                 access_log=obs.access_log,
             )
-            sock = socket.socket(fileno=args.listen_fd) if args.listen_fd is not None else None
-            http = HttpServer(asgi, plan.gateway.host, plan.gateway.port, sock=sock)
-            await http.start()
+            fd = self._listen_fd
+            sock = socket.socket(fileno=fd) if fd is not None else None
+            gw_host, gw_port = self._gateway_addr or (plan.gateway.host, plan.gateway.port)
+            self.http = HttpServer(asgi, gw_host, gw_port, sock=sock)
+            await self.http.start()
         freeze_heap()
-        health.ready = True
+        self.health.ready = True
+
+    async def drain(self, grace: float = 10.0) -> None:
+        """Not ready at once; no new work; work in progress finishes; outboxes published."""
+        self.health.draining = True
+        if self.http is not None:
+            await self.http.stop(grace)  # no new requests; the ones in flight finish
+        if self.host is not None:
+            await self.host.stop(grace=grace)
+
+    def in_progress(self) -> dict[str, int]:
+        """Work started and not finished: calls, event deliveries, gateway requests.
+
+        After :meth:`drain`: what was still running when the grace ended.
+        """
+        host = self.host
+        work = {"calls": 0, "events": 0}
+        if host is not None:
+            work["calls"] = getattr(host.server, "in_flight", 0)
+            work["events"] = sum(1 for s in host.subscriptions if getattr(s, "busy", False))
+        if self.http is not None:
+            work["requests"] = self.http.in_flight
+        return work
+
+    async def close(self) -> None:
+        if self.admin is not None:
+            await self.admin.stop()
+            self.admin = None
+
+
+class _Swappable:
+    """An ASGI app whose target can change while it serves (the admin port, as it starts)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+def _waiting_app(health: Health) -> Starlette:
+    """The admin port before the services start: alive, not ready."""
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"live": True})
+
+    async def other(request: Request) -> JSONResponse:
+        body = {"ready": False, "draining": health.draining, "starting": True}
+        return JSONResponse(body, status_code=503)
+
+    return Starlette(
+        routes=[Route("/healthz", healthz, methods=["GET"]), Route("/{rest:path}", other)]
+    )
+
+
+async def _serve(
+    loaded: LoadedApp, args: argparse.Namespace, stop: asyncio.Event, notify: _Notifier
+) -> None:
+    from cleave.transport.nats import connect
+
+    worker = Worker(
+        loaded,
+        role=args.role,
+        group=args.group,
+        replica=args.replica,
+        listen_fd=args.listen_fd,
+    )
+    # An external server's URL (which may hold a password) from the plan, not from argv.
+    url = loaded.plan.nats.url or args.nats
+    nc = await connect(url, f"{loaded.app.name}.{worker.label}", **_nats_options(loaded, args))
+    try:
+        await worker.start(nc)
+        assert worker.admin is not None
         structlog.get_logger("cleave.worker").info(
-            "worker ready", services=names or ["gateway"], version=version, pid=os.getpid()
+            "worker ready", services=worker.services, version=worker.version, pid=os.getpid()
         )
         notify.send(
             "ready",
-            services=names or ["gateway"],
-            version=version,
-            majors={n: app.services[n].majors for n in names},
-            admin_port=admin.port,
-            url=http.url if http else "",
+            services=worker.services,
+            version=worker.version,
+            majors={n: loaded.app.services[n].majors for n in worker.names},
+            admin_port=worker.admin.port,
+            url=worker.http.url if worker.http else "",
         )
         await stop.wait()
-        health.draining = True
         notify.send("draining")
-        if http is not None:
-            await http.stop()  # no new requests; the ones in flight finish
-        await host.stop()
-        await admin.stop()
+        await worker.drain()
     finally:
+        await worker.close()
         await nc.close()
 
 

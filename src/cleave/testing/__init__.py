@@ -20,7 +20,10 @@ process that talk over a real NATS server, as the processes placement does:
 run one test body under both to prove the placement changes nothing.
 
 Fakes are plain objects with the contract's methods (``async def``); mypy
-checks them against the contract Protocol.
+checks them against the contract Protocol. :func:`fake` puts one behind the
+contract's boundary, so it validates, encodes and maps errors as a real
+callee would. The pytest plugin (``cleave_pytest``, registered by entry point) gives these
+as fixtures, with every test run once per placement.
 """
 
 from __future__ import annotations
@@ -29,10 +32,10 @@ import asyncio
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 
@@ -49,11 +52,18 @@ from cleave.runtime.host import Host
 from cleave.runtime.monolith import Monolith
 from cleave.runtime.router import make_client
 from cleave.service import Service, spec_of_service
+from cleave.testing.fakes import fake
 
-__all__ = ["Harness", "NatsHarness", "build", "published", "token"]
+__all__ = ["Harness", "NatsHarness", "ServiceStarter", "build", "fake", "published", "token"]
 
 S = TypeVar("S", bound=Service)
 C = TypeVar("C")
+
+
+class ServiceStarter(Protocol):
+    """The pytest plugin's ``cleave_service`` fixture: ``await cleave_service(Cls, dep=fake)``."""
+
+    def __call__(self, service: type[S], /, **fakes: object) -> Awaitable[S]: ...
 
 
 @asynccontextmanager
@@ -80,8 +90,8 @@ async def build(
             problems.append(f"{', '.join(extra)}: not a dependency of {service.__name__}")
         raise DefinitionError(f"cleave.testing.build({service.__name__}): " + "; ".join(problems))
     instance = service()
-    for attr, fake in dependencies.items():
-        instance.__dict__[attr] = fake
+    for attr, stand_in in dependencies.items():
+        instance.__dict__[attr] = stand_in
     with tempfile.TemporaryDirectory(prefix="cleave-test-") as tmp:
         db: Database | None = None
         if spec.database is not None:
@@ -189,7 +199,7 @@ class Harness:
             ttl=ttl,
         )
 
-    def client(self, contract: type[C], caller: str = "test") -> C:
+    def client(self, contract: Callable[..., C], caller: str = "test") -> C:
         """A typed client of ``contract``, calling as ``caller``."""
         client: C = make_client(spec_of(contract), self.host.router, caller)
         return client
@@ -333,7 +343,7 @@ class NatsHarness:
         audience = self.plan.auth.audience or self.app.name
         return token(self.state_dir, subject, *scopes, audience=audience, ttl=ttl)
 
-    def client(self, contract: type[C], caller: str = "test") -> C:
+    def client(self, contract: Callable[..., C], caller: str = "test") -> C:
         client: C = make_client(spec_of(contract), self.edge.router, caller)
         return client
 

@@ -178,6 +178,11 @@ class _PullSubscription:
             log.error("event handler crashed", error=f"{type(exc).__name__}: {exc}")
         # An unsettled delivery comes back after ack_wait (the server's redelivery).
 
+    @property
+    def busy(self) -> bool:
+        """Whether deliveries are being handled right now."""
+        return self._delivering
+
     async def pending(self) -> int:
         try:
             info = await self._psub.consumer_info()

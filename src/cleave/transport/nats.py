@@ -50,7 +50,14 @@ if TYPE_CHECKING:
     from cleave.messages import Message
     from cleave.runtime.dispatch import Dispatcher
 
-__all__ = ["NatsRpcClient", "NatsRpcServer", "connect", "subject_for", "undeclared_call"]
+__all__ = [
+    "NatsRpcClient",
+    "NatsRpcServer",
+    "connect",
+    "servers",
+    "subject_for",
+    "undeclared_call",
+]
 
 log = structlog.get_logger("cleave.nats")
 
@@ -111,7 +118,7 @@ async def connect(
     holder.append(nc)
     connecting = asyncio.ensure_future(
         nc.connect(
-            url,
+            servers(url),
             name=name,
             connect_timeout=2,
             max_reconnect_attempts=-1,
@@ -128,6 +135,8 @@ async def connect(
         await asyncio.wait((connecting, refused), return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
         connecting.cancel()
+        with contextlib.suppress(Exception):  # its reconnect loop must not outlive the caller
+            await nc.close()
         raise
     finally:
         refused.cancel()
@@ -147,6 +156,15 @@ async def connect(
     except (OSError, nats.errors.Error, ssl.SSLError) as exc:
         raise Unavailable(f"cannot connect to NATS at {url}: {exc}") from exc
     return nc
+
+
+def servers(url: str) -> list[str]:
+    """The server URLs in ``url``: one, or several comma-separated (a cluster's members).
+
+    nats-py tries them in random order and, once connected, reconnects to any
+    of them (and to members the cluster announces).
+    """
+    return [u.strip() for u in url.split(",") if u.strip()]
 
 
 class NatsRpcClient:
