@@ -36,7 +36,7 @@ def test_an_app_that_does_not_import_is_a_clear_error(tmp_path: Path) -> None:
 def test_ps_with_nothing_running(tmp_path: Path) -> None:
     result = cli("ps", SAMPLE, "--state-dir", tmp_path, check=False)
     assert result.returncode == 1
-    assert "no `cleave up` is running for app sample" in result.stderr
+    assert "no `cleave up` or `cleave run` is running for app sample" in result.stderr
 
 
 def test_run_serves_the_monolith_and_stops_on_ctrl_c(tmp_path: Path) -> None:

@@ -88,7 +88,7 @@ async def test_list_show_replay_and_purge_on_a_running_monolith(tmp_path: Path) 
         assert '"name": "ann"' in shown
         assert "RuntimeError: audit failed on purpose" in shown
 
-        replayed = (await dlq("replay", ann.id, "--app", SAMPLE, state_dir=tmp_path)).stdout
+        replayed = (await dlq("replay", ann.id, SAMPLE, state_dir=tmp_path)).stdout
         assert f"{ann.id} {ann.consumer}: replayed" in replayed
         assert await names(h) == ("ann",)
         # Replayed once: the letter is gone, so a second replay has nothing to apply.

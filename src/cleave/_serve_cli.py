@@ -122,6 +122,8 @@ def serve(
 
     For a scheduler (Kubernetes, compose, systemd): SIGTERM drains it; the
     admin port answers liveness, readiness and Prometheus metrics.
+
+    Example: cleave serve examples/shop --group orders
     """
     from cleave.runtime.serve import ServeOptions
 
@@ -158,7 +160,10 @@ def gateway(
     grace: GraceOpt = "30s",
     state_dir: StateOpt = None,
 ) -> None:
-    """Run the HTTP gateway alone, in the foreground, against your NATS (CLEAVE_NATS_URL)."""
+    """Run the HTTP gateway alone, in the foreground, against your NATS (CLEAVE_NATS_URL).
+
+    Example: cleave gateway examples/shop --port 8000
+    """
     from cleave.runtime.serve import ServeOptions
 
     options = ServeOptions(

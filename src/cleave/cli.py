@@ -4,23 +4,23 @@
 
     cleave run [APP] [--port 8000]            all services and the gateway in one process
     cleave up [APP] [--port 8000] [--detach]  one process per service group, over NATS
-    cleave ps [APP] [--json]                  the processes of a running `cleave up`
-    cleave down [APP]                         stop a running `cleave up`
+    cleave ps [APP] [--json]                  the processes of a running `cleave up` or `run`
+    cleave down [APP]                         stop a running `cleave up` or `cleave run`
     cleave serve [APP] --group G              one group in the foreground, on your NATS
     cleave gateway [APP] [--port 8000]        the gateway alone, in the foreground, on your NATS
     cleave token [APP] --sub ID [--scope S]   a dev token for the gateway (Authorization: Bearer)
-    cleave status [APP]                       outbox backlogs, consumers, sagas of each worker
+    cleave status [APP] [--json]              outbox backlogs, consumers, sagas of each worker
     cleave scale SERVICE=N [APP]              add or drain workers of a running app
     cleave deploy SERVICE [APP]               replace a service's workers, new before old
     cleave chaos ACTION SERVICE [VALUE] [APP] kill, pause, resume, latency, drop, fail, clear
-    cleave logs [SERVICE] [-f]                the workers' logs, merged (--app APP)
+    cleave logs [APP] [SERVICE] [-f]          the logs, merged (APP and SERVICE in either order)
     cleave db revision SERVICE [APP] -m MSG   a new schema migration, from the metadata
     cleave db upgrade [APP] [SERVICE]         migrate databases to the newest revision
     cleave db current [APP]                   the revision of every service's database
     cleave dlq list [APP] [--service S]       dead letters: events consumers gave up on
     cleave dlq show ID [APP]                  one dead letter: its event, headers, error
-    cleave dlq replay ID... | --all           handle them again, through the inbox (--app APP)
-    cleave dlq purge ID... | --all            delete them for good (--app APP)
+    cleave dlq replay ID... | --all [APP]     handle them again, through the inbox
+    cleave dlq purge ID... | --all [APP]      delete them for good
     cleave contracts snapshot [APP]           write APP/contracts.lock.json
     cleave contracts check [APP] [--against]  breaking changes since the lock (or a file, a git ref)
     cleave contracts asyncapi [APP]           an AsyncAPI 3 document of the events
@@ -29,6 +29,11 @@
 
 APP is the app's folder (holding cleave.toml); left out, the current folder
 or the nearest one above it with a cleave.toml.
+
+Every command's ``--help`` ends with an example. Piped output is never cut to
+the terminal's width; long operations show a spinner on a terminal only. An
+unexpected error is one line; ``cleave --debug COMMAND`` shows its traceback.
+Shared helpers (consoles, progress, one-line errors) live in ``cleave._cliutil``.
 """
 
 from __future__ import annotations
@@ -43,10 +48,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cleave import _cliutil
+from cleave._cliutil import chaos_table, console_for, progress, split_app
 from cleave._serve_cli import gateway as gateway_command
 from cleave._serve_cli import serve as serve_command
 from cleave.app import LoadedApp, load
@@ -60,13 +66,25 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     name="cleave",
-    help="Write a modular monolith. Deploy microservices. Cleave when it pays.",
+    help="Write a modular monolith. Deploy microservices. Cleave when it pays.\n\n"
+    "Example: cleave run examples/shop",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err = Console(stderr=True)
+console = console_for(sys.stdout)
+err = console_for(sys.stderr)
+
+
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback of an unexpected error.")
+    ] = False,
+) -> None:
+    """Options for every command."""
+    _cliutil.debug = debug
+
 
 AppArg = Annotated[
     str | None, typer.Argument(help="The app's folder (default: found from the current folder).")
@@ -107,7 +125,12 @@ def run(
     admin_port: AdminOpt = None,
     state_dir: StateOpt = None,
 ) -> None:
-    """Run the app as a modular monolith: every service and the gateway in one process."""
+    """Run the app as a modular monolith: every service and the gateway in one process.
+
+    `cleave ps`, `status`, `logs`, `chaos` and `down` work on it as on `cleave up`.
+
+    Example: cleave run examples/shop --port 8000
+    """
     from cleave.runtime import monolith
 
     loaded = _load(path, state_dir)
@@ -146,13 +169,17 @@ def up(
     admin_port: AdminOpt = None,
     state_dir: StateOpt = None,
 ) -> None:
-    """Run the app as processes: an embedded NATS, one worker per service group, the gateway."""
+    """Run the app as processes: an embedded NATS, one worker per service group, the gateway.
+
+    Example: cleave up examples/shop --detach
+    """
     from cleave.runtime import supervisor
 
     loaded = _load(path, state_dir)
     try:
         if detach:
-            state = supervisor.start_detached(loaded, port=port, admin_port=admin_port)
+            with progress(err, f"starting {loaded.app.name}: NATS, then the workers"):
+                state = supervisor.start_detached(loaded, port=port, admin_port=admin_port)
             console.print(
                 f"[bold green]{loaded.app.name}[/] is up: gateway [bold]{state['gateway_url']}[/]",
                 highlight=False,
@@ -221,6 +248,8 @@ def token(
 ) -> None:
     """Print a token from the app's dev issuer, for `Authorization: Bearer <token>`.
 
+    Example: cleave token examples/shop --sub acc-alice --scope admin
+
     The dev issuer's key is made under the app's state folder (.cleave/) on
     first use; the gateway trusts it while cleave.toml's [auth] names no issuer.
     """
@@ -255,7 +284,10 @@ def ps(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     state_dir: StateOpt = None,
 ) -> None:
-    """List the processes of a running `cleave up`."""
+    """List the processes of a running `cleave up` (or `cleave run`).
+
+    Example: cleave ps examples/shop --json
+    """
     from cleave.runtime import control
 
     loaded = _load(path, state_dir)
@@ -306,7 +338,10 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     state_dir: StateOpt = None,
 ) -> None:
-    """Outbox backlogs, event consumers and sagas of a running `cleave up`."""
+    """Outbox backlogs, event consumers and sagas of a running `cleave up` (or `cleave run`).
+
+    Example: cleave status examples/shop
+    """
     from cleave.runtime import control
 
     loaded = _load(path, state_dir)
@@ -383,12 +418,16 @@ def scale(
     path: AppArg = None,
     state_dir: StateOpt = None,
 ) -> None:
-    """Run N workers of a service's group on a running `cleave up` (adds, or drains extras)."""
+    """Run N workers of a service's group on a running `cleave up` (adds, or drains extras).
+
+    Example: cleave scale inventory=3 examples/shop
+    """
     service, _, count = spec.partition("=")
     if not service or not count.isdigit():
         _fail(f"expected SERVICE=N (like inventory=3), got {spec!r}", 2)
     loaded = _load(path, state_dir)
-    result = _operate(loaded, "/api/scale", {"service": service, "replicas": int(count)})
+    with progress(err, f"scaling {service} to {count}"):
+        result = _operate(loaded, "/api/scale", {"service": service, "replicas": int(count)})
     console.print(
         f"{result['group']}: {result['replicas']} replica(s) "
         f"(+{result['added']} -{result['removed']})"
@@ -401,9 +440,13 @@ def deploy(
     path: AppArg = None,
     state_dir: StateOpt = None,
 ) -> None:
-    """Roll a service's workers onto the current code: new ones ready first, old ones drained."""
+    """Roll a service's workers onto the current code: new ones ready first, old ones drained.
+
+    Example: cleave deploy orders examples/shop
+    """
     loaded = _load(path, state_dir)
-    result = _operate(loaded, "/api/deploy", {"service": service})
+    with progress(err, f"deploying {service}: new workers first, then the old ones drain"):
+        result = _operate(loaded, "/api/deploy", {"service": service})
     for r in result["replaced"]:
         console.print(f"{result['group']}.{r['replica']}: {r['old']} -> {r['new']}")
 
@@ -414,7 +457,10 @@ def restart(
     path: AppArg = None,
     state_dir: StateOpt = None,
 ) -> None:
-    """Restart a service's workers one by one, with no failed calls (same as deploy)."""
+    """Restart a service's workers one by one, with no failed calls (same as deploy).
+
+    Example: cleave restart billing examples/shop
+    """
     deploy(service, path, state_dir)
 
 
@@ -428,22 +474,55 @@ def chaos(
     ],
     service: Annotated[str, typer.Argument(help="The service to hurt.")],
     value: Annotated[
-        float | None, typer.Argument(help="Seconds or share, where it applies.")
+        str | None,
+        typer.Argument(
+            help="Seconds or share, where it applies (else the app's folder).", show_default=False
+        ),
     ] = None,
-    path: Annotated[str | None, typer.Option("--app", help="The app's folder.")] = None,
+    path: AppArg = None,
+    app_opt: Annotated[str | None, typer.Option("--app", hidden=True)] = None,
     replica: Annotated[int | None, typer.Option(help="Only this replica.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     state_dir: StateOpt = None,
 ) -> None:
-    """Inject a fault into a running `cleave up`, for seeing what the rest of the app does."""
-    loaded = _load(path, state_dir)
-    body = {"action": action, "service": service, "replica": replica, "value": value}
-    console.print_json(data=_operate(loaded, "/api/chaos", body))
+    """Inject a fault into a running `cleave up` (or `cleave run`), to see what the rest does.
+
+    Example: cleave chaos latency billing 0.5 examples/shop
+    """
+    amount: float | None = None
+    if value is not None:
+        try:
+            amount = float(value)
+        except ValueError:
+            if path is not None:
+                _fail(
+                    f"{value!r} is not a number: give seconds (latency) or a share (drop, fail)", 2
+                )
+            path = value  # `cleave chaos pause billing examples/shop`: no value, then the app
+    loaded = _load(path or app_opt, state_dir)
+    body = {"action": action, "service": service, "replica": replica, "value": amount}
+    result = _operate(loaded, "/api/chaos", body)
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return
+    console.print(chaos_table(loaded.app.name, action, service, result))
 
 
 @app.command()
 def logs(
-    service: Annotated[str | None, typer.Argument(help="Only this service (or group).")] = None,
-    path: Annotated[str | None, typer.Option("--app", help="The app's folder.")] = None,
+    first: Annotated[
+        str | None,
+        typer.Argument(
+            help="The app's folder, or only this service (or group).",
+            show_default=False,
+            metavar="APP",
+        ),
+    ] = None,
+    second: Annotated[
+        str | None,
+        typer.Argument(help="The other of the two.", show_default=False, metavar="SERVICE"),
+    ] = None,
+    app_opt: Annotated[str | None, typer.Option("--app", hidden=True)] = None,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
     ] = False,
@@ -452,16 +531,30 @@ def logs(
     ] = 100,
     state_dir: StateOpt = None,
 ) -> None:
-    """The workers' logs of `cleave up`, merged by time (one JSON object per line underneath)."""
+    """The logs of `cleave up`'s workers (merged by time) or of `cleave run`.
+
+    APP and SERVICE go in either order; the one that is a folder is the app.
+
+    Example: cleave logs examples/shop orders -f
+    """
     from cleave.observability import logs as logview
 
-    loaded = _load(path, state_dir)
-    logs_dir = loaded.state_dir / "logs"
-    if not logs_dir.exists():
-        _fail(f"no logs in {logs_dir}; has `cleave up {loaded.root}` run?")
+    path, service = split_app(first, second)
+    loaded = _load(path or app_opt, state_dir)
+    logs_dir = _logs_dir(loaded)
+    if logs_dir is None:
+        _fail(
+            f"no logs in {loaded.state_dir / 'logs'}: start the app first, with "
+            f"`cleave run {loaded.root}` or `cleave up {loaded.root}`"
+        )
+        raise AssertionError  # unreachable: _fail exits
     known = {*loaded.app.services, *loaded.groups(), "gateway"}
     if service is not None and service not in known:
-        _fail(f"app {loaded.app.name} has no service {service!r} ({', '.join(sorted(known))})", 2)
+        _fail(
+            f"app {loaded.app.name} has no service {service!r} ({', '.join(sorted(known))}); "
+            f"to name the app's folder, give a path: cleave logs ./{service}",
+            2,
+        )
     for line in logview.read(logs_dir, service, lines):
         console.print(logview.format_line(line), soft_wrap=True)
     if follow:
@@ -470,14 +563,35 @@ def logs(
                 console.print(logview.format_line(line), soft_wrap=True)
 
 
+def _logs_dir(loaded: LoadedApp) -> Path | None:
+    """The running app's log folder; with none running, the one written to last."""
+    from cleave.runtime import control
+    from cleave.runtime.monolith_ops import log_dir
+
+    state = control.read_state(loaded)
+    up_dir, run_dir = loaded.state_dir / "logs", log_dir(loaded)
+    if state is not None:
+        return run_dir if state.get("placement") == "monolith" else up_dir
+
+    def newest(folder: Path) -> float:
+        return max((p.stat().st_mtime for p in folder.glob("*.log")), default=0.0)
+
+    found = [(newest(d), d) for d in (up_dir, run_dir) if newest(d)]
+    return max(found)[1] if found else None
+
+
 @app.command()
 def down(path: AppArg = None, state_dir: StateOpt = None) -> None:
-    """Stop a running `cleave up`: the gateway, the workers, then NATS."""
+    """Stop a running `cleave up` (the gateway, the workers, then NATS) or `cleave run`.
+
+    Example: cleave down examples/shop
+    """
     from cleave.runtime import control
 
     loaded = _load(path, state_dir)
     try:
-        stopped = control.stop(loaded)
+        with progress(err, f"stopping {loaded.app.name}"):
+            stopped = control.stop(loaded)
     except CleaveError as exc:
         _fail(str(exc))
     console.print(f"{loaded.app.name}: {'stopped' if stopped else 'was not running'}")
@@ -527,7 +641,10 @@ def db_revision(
     message: Annotated[str, typer.Option("--message", "-m", help="What the change does.")] = "",
     state_dir: StateOpt = None,
 ) -> None:
-    """Write a migration with what the service's metadata adds to its newest revision."""
+    """Write a migration with what the service's metadata adds to its newest revision.
+
+    Example: cleave db revision orders examples/shop -m "add the coupon column"
+    """
     from cleave.data import migrations
 
     loaded = _load(path, state_dir)
@@ -551,6 +668,8 @@ def db_upgrade(
 
     Also done when a service starts, unless [database] migrate = false (or
     `cleave serve --no-migrate`): then this is the step that migrates.
+
+    Example: cleave db upgrade examples/shop --service orders
     """
     from cleave.data import migrations
 
@@ -559,13 +678,17 @@ def db_upgrade(
         url = loaded.plan.database_url(name, loaded.data_dir)
         if url.startswith("sqlite"):
             loaded.data_dir.mkdir(parents=True, exist_ok=True)
-        rev = asyncio.run(migrations.upgrade(url, declared.migrations, declared.metadata))
+        with progress(err, f"migrating {name}"):
+            rev = asyncio.run(migrations.upgrade(url, declared.migrations, declared.metadata))
         console.print(f"{name}: at {rev}")
 
 
 @db.command("current")
 def db_current(path: AppArg = None, state_dir: StateOpt = None) -> None:
-    """Show the revision each service's database is at, and the newest one available."""
+    """Show the revision each service's database is at, and the newest one available.
+
+    Example: cleave db current examples/shop
+    """
     from cleave.data import migrations
 
     loaded = _load(path, state_dir)
@@ -598,9 +721,15 @@ ServiceOpt = Annotated[
     str | None, typer.Option("--service", "-s", help="Only this service's dead letters.")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-AppOpt = Annotated[str | None, typer.Option("--app", help="The app's folder.")]
+AppOpt = Annotated[
+    str | None, typer.Option("--app", help="The app's folder (or give it among the ids).")
+]
 IdsArg = Annotated[
-    list[str] | None, typer.Argument(help="Ids of dead letters (`cleave dlq list` shows them).")
+    list[str] | None,
+    typer.Argument(
+        help="Ids of dead letters (`cleave dlq list` shows them), and the app's folder if not "
+        "the current one."
+    ),
 ]
 AllOpt = Annotated[bool, typer.Option("--all", help="Every dead letter (of --service).")]
 T = TypeVar("T")
@@ -644,7 +773,10 @@ def dlq_list(
     as_json: JsonOpt = False,
     state_dir: StateOpt = None,
 ) -> None:
-    """List the dead letters of every service (or one), oldest failure first."""
+    """List the dead letters of every service (or one), oldest failure first.
+
+    Example: cleave dlq list examples/shop --service shipping
+    """
     loaded = _load(path, state_dir)
     found = _with_letters(loaded, lambda letters: letters.letters(service))
     if as_json:
@@ -676,7 +808,10 @@ def dlq_show(
     as_json: JsonOpt = False,
     state_dir: StateOpt = None,
 ) -> None:
-    """Show one dead letter: its event, its headers and why it failed."""
+    """Show one dead letter: its event, its headers and why it failed.
+
+    Example: cleave dlq show 3f2a9c examples/shop
+    """
     loaded = _load(path, state_dir)
     letter = _with_letters(loaded, lambda letters: letters.get(letter_id))
     data = letter.describe()
@@ -709,9 +844,12 @@ def dlq_replay(
 
     The running app (`cleave run` or `cleave up`) replays them within a second;
     with the app stopped, they are replayed when it starts.
+
+    Example: cleave dlq replay --all --service shipping examples/shop
     """
+    folder, ids = _cliutil.pop_app(ids)
     chosen = _chosen(ids, every, "replay")
-    loaded = _load(path, state_dir)
+    loaded = _load(folder or path, state_dir)
     done = _with_letters(loaded, lambda letters: letters.replay(chosen, service=service, wait=wait))
     if not done:
         console.print("no dead letters to replay")
@@ -745,9 +883,13 @@ def dlq_purge(
     path: AppOpt = None,
     state_dir: StateOpt = None,
 ) -> None:
-    """Delete dead letters for good (the janitor deletes old ones by itself)."""
+    """Delete dead letters for good (the janitor deletes old ones by itself).
+
+    Example: cleave dlq purge 3f2a9c examples/shop
+    """
+    folder, ids = _cliutil.pop_app(ids)
     chosen = _chosen(ids, every, "purge")
-    loaded = _load(path, state_dir)
+    loaded = _load(folder or path, state_dir)
     gone = _with_letters(loaded, lambda letters: letters.purge(chosen, service=service))
     console.print(f"{loaded.app.name}: purged {len(gone)} dead letter(s)")
 
@@ -785,7 +927,10 @@ def _emit(text: str, target: Path) -> None:
 
 @contracts.command("snapshot")
 def contracts_snapshot(path: AppArg = None, output: OutputOpt = None) -> None:
-    """Write contracts.lock.json: every contract, method, event and message field. Commit it."""
+    """Write contracts.lock.json: every contract, method, event and message field. Commit it.
+
+    Example: cleave contracts snapshot examples/shop
+    """
     from cleave import schema_lock
 
     loaded = _load(path, None)
@@ -809,7 +954,10 @@ def contracts_check(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Compare the contracts with the lock; exit 1 when a change breaks a caller or consumer."""
+    """Compare the contracts with the lock; exit 1 when a change breaks a caller or consumer.
+
+    Example: cleave contracts check examples/shop --against origin/main
+    """
     import msgspec
 
     from cleave import compat
@@ -847,7 +995,10 @@ def contracts_check(
 
 @contracts.command("asyncapi")
 def contracts_asyncapi(path: AppArg = None, output: OutputOpt = None) -> None:
-    """Write an AsyncAPI 3.0 document of the app's events (default: APP/asyncapi.json)."""
+    """Write an AsyncAPI 3.0 document of the app's events (default: APP/asyncapi.json).
+
+    Example: cleave contracts asyncapi examples/shop -o -
+    """
     from cleave import asyncapi
 
     loaded = _load(path, None)
@@ -880,7 +1031,7 @@ app.command("build")(_build_command)
 
 
 def main() -> None:
-    app()
+    _cliutil.run_main(app, err)
 
 
 if __name__ == "__main__":

@@ -75,6 +75,7 @@ plan, with the defaults::
     sample_rate = 1.0             # share of new traces recorded
     spans = 20000                 # spans kept in memory per process
     access_log = false            # log every gateway request (failed ones are always logged)
+    opentelemetry = ""            # "module:function" returning an OTel SpanProcessor/Exporter
 
     [groups]                      # services sharing one process; others run alone
     checkout = ["orders", "billing"]
@@ -318,6 +319,8 @@ class ObservabilitySettings(_Section, frozen=True, kw_only=True, forbid_unknown_
     tracing: bool = True
     sample_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
     spans: Annotated[int, msgspec.Meta(ge=100)] = 20_000
+    #: "module:function" that sets OpenTelemetry up; its result gets Cleave's spans.
+    opentelemetry: str = ""
 
 
 class HealthSettings(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,8 +119,48 @@ def test_monolith_topology_and_why_an_order_failed(browser: Any, tmp_path: Path)
         assert "payment declined: insufficient funds" in errors
         assert failed["order_id"] in page.inner_text("#trace-summary")
         shot(page, tmp_path, "dashboard-trace.png", element="#trace-panel")
+        _fits_1400_pixels(page)
+        for _ in range(3):
+            order(run.url, tmp_path, "acc-alice")  # traffic in the window: the edges have labels
+        _edges_show_rate_errors_and_p99(page)
     finally:
         run.stop()
+
+
+def _fits_1400_pixels(page: Any) -> None:
+    """No sideways scrolling in a 1400-pixel window; the traces' errors column in view."""
+    page.set_viewport_size({"width": 1400, "height": 900})
+    page.fill("#search", "")
+    page.press("#search", "Enter")
+    page.wait_for_selector("#traces td.err:not(:empty)", timeout=15_000)
+    widths = page.evaluate(
+        """() => ({doc: document.documentElement.scrollWidth,
+                   view: document.documentElement.clientWidth,
+                   table: document.querySelector("#traces").scrollWidth,
+                   panel: document.querySelector("#traces").parentElement.clientWidth,
+                   err: document.querySelector("#traces td.err:not(:empty)")
+                            .getBoundingClientRect().right})"""
+    )
+    assert widths["doc"] <= widths["view"], widths
+    assert widths["table"] <= widths["panel"], widths  # not cut, not scrolled inside its panel
+    assert widths["err"] <= 1400, widths
+
+
+def _edges_show_rate_errors_and_p99(page: Any) -> None:
+    """Each busy call edge's label: its rate, error rate and p99."""
+    page.wait_for_function(
+        """() => (document.getElementById("topology").layout?.annotations ?? [])
+                   .some(a => (a.text || "").includes(" p99 "))""",
+        timeout=15_000,
+    )
+    labels = page.evaluate(
+        """() => document.getElementById("topology").layout.annotations
+                   .map(a => a.text).filter(t => t)"""
+    )
+    calls = [t for t in labels if " p99 " in t]
+    assert calls, labels
+    for text in calls:
+        assert re.fullmatch(r"[\d.]+/s · err [\d.]+% · p99 ([\d.]+ms|-)", text), text
 
 
 @pytest.mark.processes
@@ -145,6 +186,10 @@ def test_processes_traces_cross_workers_and_a_down_service_shows(
         detail = wait_until(found, timeout=20)
         services = set(detail["summary"]["services"])
         assert {"gateway", "orders", "billing", "inventory", "shipping"} <= services
+        declined = order(up.url, tmp_path, "acc-poor")
+        assert declined["status"] == "cancelled"
+        declined_trace = wait_until(lambda: _trace_of(url, declined["order_id"]), timeout=20)
+        assert {"orders", "billing"} <= _services_in(url, declined_trace)
 
         page = browser.new_page(viewport={"width": 1440, "height": 1000})
         page.goto(url)
@@ -166,10 +211,34 @@ def test_processes_traces_cross_workers_and_a_down_service_shows(
         assert resp.status_code in (503, 504)
         page.wait_for_timeout(2500)
         shot(page, tmp_path, "dashboard-billing-down.png")
+        handled = _handled(url, "billing")
+        assert handled > 0  # billing handled OrderCancelled of the declined orders
         cli("scale", "billing=1", SHOP, "--state-dir", tmp_path)
         page.wait_for_selector("#nodes [data-node='billing'].ok", timeout=20_000)
+        cli("deploy", "orders", SHOP, "--state-dir", tmp_path)
+        # What the workers that went had recorded stays: the trace's spans, the counts.
+        assert {"orders", "billing"} <= _services_in(url, declined_trace)
+        wait_until(lambda: _handled(url, "billing") >= handled, timeout=10)
+        page.wait_for_timeout(2500)
+        assert _handled(url, "billing") >= handled
     finally:
         up.stop()
+
+
+def _trace_of(url: str, order_id: str) -> str | None:
+    traces = httpx.get(f"{url}/api/traces", params={"q": order_id}).json()
+    return traces[0]["trace_id"] if traces else None
+
+
+def _services_in(url: str, trace_id: str) -> set[str]:
+    detail = httpx.get(f"{url}/api/traces/{trace_id}").json()
+    return {s["service"] for s in detail["spans"]}
+
+
+def _handled(url: str, service: str) -> int:
+    """Events ``service`` has handled, by the dashboard's count."""
+    streams = httpx.get(f"{url}/api/overview").json()["streams"]
+    return sum(s["processed"] for s in streams if s["service"] == service)
 
 
 def _keep_letter(data_dir: Path, consumer: str, payload: bytes) -> str:

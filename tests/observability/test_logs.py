@@ -90,12 +90,12 @@ def test_logs_are_json_lines_with_ids_and_cleave_logs_merges_them(tmp_path: Path
         assert failed["trace_id"] == bug_trace
         assert "KeyError: 'secret-internal-detail'" in str(failed["exception"])
 
-        out = cli("logs", "--app", SAMPLE, "--state-dir", tmp_path).stdout
+        out = cli("logs", SAMPLE, "--state-dir", tmp_path).stdout
         assert "worker ready" in out
         assert "greeter.0" in out
         assert "audit.0" in out
         assert f"trace_id={trace_id}" in out
-        only = cli("logs", "greeter", "--app", SAMPLE, "--state-dir", tmp_path).stdout
+        only = cli("logs", "greeter", SAMPLE, "--state-dir", tmp_path).stdout
         assert "greeter.0" in only
         assert "audit.0" not in only
         bad = cli("logs", "ghost", "--app", SAMPLE, "--state-dir", tmp_path, check=False)

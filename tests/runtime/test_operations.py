@@ -67,25 +67,25 @@ def test_deploy_replaces_workers_and_reports_the_new_code(up: Up) -> None:
 
 
 def test_chaos_faults_reach_the_worker_and_clear(up: Up) -> None:
-    cli("chaos", "latency", "greeter", "0.3", "--app", up.app_dir, "--state-dir", up.state_dir)
+    cli("chaos", "latency", "greeter", "0.3", up.app_dir, "--state-dir", up.state_dir)
     resp = httpx.post(f"{up.url}/greet", json={"name": "slow"})
     assert resp.elapsed.total_seconds() >= 0.3
     status = json.loads(cli("status", up.app_dir, "--json", "--state-dir", up.state_dir).stdout)
     assert status["greeter.0"]["faults"]["greeter"]["latency"] == 0.3
-    cli("chaos", "fail", "greeter", "1", "--app", up.app_dir, "--state-dir", up.state_dir)
+    cli("chaos", "fail", "greeter", "1", up.app_dir, "--state-dir", up.state_dir)
     assert httpx.post(f"{up.url}/greet", json={"name": "x"}).status_code == 503
-    cli("chaos", "clear", "greeter", "--app", up.app_dir, "--state-dir", up.state_dir)
+    cli("chaos", "clear", "greeter", up.app_dir, "--state-dir", up.state_dir)
     resp = httpx.post(f"{up.url}/greet", json={"name": "fast"})
     assert (resp.status_code, resp.elapsed.total_seconds() < 0.3) == (201, True)
 
 
 def test_pause_and_resume(up: Up) -> None:
-    cli("chaos", "pause", "audit", "--app", up.app_dir, "--state-dir", up.state_dir)
+    cli("chaos", "pause", "audit", up.app_dir, "--state-dir", up.state_dir)
     assert rows(up, "audit")[0]["status"] == "paused"
     paused_pid = rows(up, "audit")[0]["pid"]
     time.sleep(2.5)  # longer than the health checks' patience: a chaos pause is left alone
     assert rows(up, "audit")[0]["pid"] == paused_pid
-    cli("chaos", "resume", "audit", "--app", up.app_dir, "--state-dir", up.state_dir)
+    cli("chaos", "resume", "audit", up.app_dir, "--state-dir", up.state_dir)
     assert rows(up, "audit")[0]["status"] == "ready"
     assert httpx.get(f"{up.url}/audit").status_code == 200
 
@@ -115,7 +115,7 @@ def test_an_unresponsive_worker_is_replaced(up: Up) -> None:
     ],
 )
 def test_operations_explain_mistakes(up: Up, args: list[str], message: str) -> None:
-    app = ["--app", str(up.app_dir)] if args[0] == "chaos" else [str(up.app_dir)]
+    app = [str(up.app_dir)]
     result = cli(*args, *app, "--state-dir", up.state_dir, check=False)
     assert result.returncode != 0
     assert message in result.stderr

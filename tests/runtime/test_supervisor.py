@@ -81,7 +81,7 @@ def test_down_leaves_no_process_behind(tmp_path: Path) -> None:
     assert processes_of(tmp_path) == []
     result = cli("ps", SAMPLE, "--state-dir", tmp_path, check=False)
     assert result.returncode == 1
-    assert "no `cleave up` is running" in result.stderr
+    assert "no `cleave up` or `cleave run` is running" in result.stderr
     assert "was not running" in cli("down", SAMPLE, "--state-dir", tmp_path).stdout
 
 

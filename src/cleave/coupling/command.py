@@ -111,7 +111,10 @@ def coupling(
         Path | None, typer.Option("--html", help="Also write a self-contained HTML report here.")
     ] = None,
 ) -> None:
-    """When to split and when to merge services, measured from history, structure and traffic."""
+    """When to split and when to merge services, measured from history, structure and traffic.
+
+    Example: cleave coupling examples/shop --json
+    """
     err = Console(stderr=True, soft_wrap=True)
     try:
         doc = run(path, repo or [], since, traces)

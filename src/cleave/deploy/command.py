@@ -49,6 +49,8 @@ def build_command(
 
     Every target is checked first: PDBs, distinct probes, grace periods that cover
     the handlers, ack waits longer than the handlers.
+
+    Example: cleave build examples/shop --target kubernetes --out deploy/
     """
     from cleave.app import load
     from cleave.deploy import checks

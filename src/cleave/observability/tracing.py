@@ -14,7 +14,9 @@ bounded in-memory store that the dashboard reads: the most recent
 ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``)
 is set they are also queued for export over OTLP (``service.name`` is the
 service that recorded the span): see :mod:`cleave.observability.otlp`, which
-counts every span it cannot export.
+counts every span it cannot export. Spans made with the OpenTelemetry API
+inside a handler join the handler's trace, and Cleave's spans can go to an
+OpenTelemetry SDK processor: see :mod:`cleave.observability.otel`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from cleave.observability.otel import SpanBridge
     from cleave.observability.otlp import OtlpExport
 
 __all__ = [
@@ -112,6 +115,8 @@ class Tracer:
         self.spans: collections.deque[Span] = collections.deque(maxlen=capacity)
         #: Where finished spans are also sent, if anywhere (OTLP; see ``configure``).
         self.export: OtlpExport | None = None
+        #: An OpenTelemetry SDK processor finished spans also go to (see ``otel.export_to``).
+        self.bridge: SpanBridge | None = None
 
     def configure(
         self, *, enabled: bool = True, sample_rate: float = 1.0, capacity: int = 20_000
@@ -154,6 +159,9 @@ class Tracer:
         export = self.export
         if export is not None:
             export.offer(span)
+        bridge = self.bridge
+        if bridge is not None:
+            bridge.offer(span)
 
     # -- reading ---------------------------------------------------------------------------
 

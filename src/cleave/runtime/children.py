@@ -31,7 +31,7 @@ from cleave.errors import LifecycleError
 
 if TYPE_CHECKING:
     import socket
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
     from pathlib import Path
 
     from cleave.app import LoadedApp
@@ -131,6 +131,9 @@ class Children:
         self._stop = stop
         self._say = say
         self._changed = changed
+        #: Called with workers about to be stopped while the app runs on (a deploy, a scale
+        #: down): the dashboard keeps what they recorded (see ``FleetSource.keep``).
+        self.on_stopping: Callable[[list[Child]], Awaitable[None]] | None = None
 
     def live(self, group: str) -> list[Child]:
         """The group's processes that are not being stopped, by replica."""
@@ -315,6 +318,9 @@ class Children:
 
     async def stop(self, children: list[Child]) -> None:
         """SIGTERM ``children`` (each drains), then SIGKILL any still running after a while."""
+        if self.on_stopping is not None and not self._stop.is_set():
+            with contextlib.suppress(Exception):  # what they recorded is a nicety, not a must
+                await asyncio.wait_for(self.on_stopping(children), 5)
         for c in children:
             c.stopping = True
             if c.proc is not None and c.proc.returncode is None:

@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -31,12 +31,29 @@ from cleave.runtime.procs import alive, terminate
 
 if TYPE_CHECKING:
     from cleave.app import LoadedApp
-    from cleave.runtime.supervisor import Supervisor
 
-__all__ = ["control_app", "read_state", "request", "state_path", "stop", "write_state"]
+__all__ = ["Operated", "control_app", "read_state", "request", "state_path", "stop", "write_state"]
 
 
-def control_app(sup: Supervisor, extra: list[Route] | None = None) -> Starlette:
+class Operated(Protocol):
+    """What the control API operates: ``cleave up``'s supervisor, or ``cleave run``'s monolith."""
+
+    loaded: LoadedApp
+    _status: str
+    gateway_url: str
+    nats_url: str
+
+    def processes(self) -> list[dict[str, Any]]: ...
+    async def status(self) -> dict[str, Any]: ...
+    def request_stop(self) -> None: ...
+    async def scale(self, service: str, replicas: int) -> dict[str, Any]: ...
+    async def deploy(self, service: str) -> dict[str, Any]: ...
+    async def chaos(
+        self, action: str, service: str, replica: int | None, value: float | None
+    ) -> dict[str, Any]: ...
+
+
+def control_app(sup: Operated, extra: list[Route] | None = None) -> Starlette:
     """The API the supervisor serves: ps, status, down, scale, deploy, chaos (+ ``extra``)."""
 
     async def ps(request: Request) -> JSONResponse:
@@ -139,8 +156,9 @@ def request(
     state = read_state(loaded)
     if state is None:
         raise LifecycleError(
-            f"no `cleave up` is running for app {loaded.app.name} (no live supervisor in "
-            f"{loaded.run_dir}); start one with `cleave up {loaded.root}`"
+            f"no `cleave up` or `cleave run` is running for app {loaded.app.name} (no live "
+            f"process in {loaded.run_dir}); start one with `cleave up {loaded.root}` or "
+            f"`cleave run {loaded.root}`"
         )
     url = f"http://127.0.0.1:{state['control_port']}{path}"
     data = json.dumps(body).encode() if body is not None else None

@@ -37,6 +37,7 @@ from cleave.data.janitor import Janitor, Retention
 from cleave.data.outbox import OutboxRelay
 from cleave.data.saga import SagaRunner
 from cleave.errors import CleaveError, LifecycleError
+from cleave.observability import otel
 from cleave.runtime.deprecation import Deprecations
 from cleave.runtime.dispatch import Dispatcher
 from cleave.runtime.router import Router, make_client
@@ -140,6 +141,8 @@ class Host:
         self.state = HostState.RUNNING
 
     async def _start(self) -> None:
+        # OpenTelemetry spans made inside handlers join the handler's trace (no cost until used).
+        otel.expose()
         for name in self.names:
             await self._start_service(name)
         for name in self.names:

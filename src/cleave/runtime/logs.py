@@ -9,9 +9,11 @@ relays, consumers, sagas) logs through a logger bound to its service.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import MutableMapping
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -36,10 +38,32 @@ def _add_call_context(
     return event
 
 
+class _Tee:
+    """A processor that also appends each event, as a JSON line, to a file."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(path, "a", buffering=1)  # noqa: SIM115 - open for the process's life
+
+    def __call__(
+        self, _logger: Any, _name: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        self.file.write(json.dumps(event, default=str) + "\n")
+        return event
+
+
 def configure(
-    *, service: str, replica: int = 0, json_lines: bool | None = None, level: int = logging.INFO
+    *,
+    service: str,
+    replica: int = 0,
+    json_lines: bool | None = None,
+    level: int = logging.INFO,
+    also_to: Path | None = None,
 ) -> None:
-    """Set up structlog (and the stdlib logging it feeds) for this process."""
+    """Set up structlog (and the stdlib logging it feeds) for this process.
+
+    ``also_to``: a file that gets every line as JSON too (``cleave run``'s, for ``cleave logs``).
+    """
     if json_lines is None:
         json_lines = not sys.stderr.isatty()
     renderer: Any = (
@@ -54,6 +78,7 @@ def configure(
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _add_call_context,
             structlog.processors.format_exc_info,
+            *([_Tee(also_to)] if also_to is not None else []),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),

@@ -11,19 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import structlog
+
 from cleave.gateway.asgi import build_asgi
 from cleave.gateway.auth import Authenticator
 from cleave.gateway.limits import RateLimiter
+from cleave.observability import otel
 from cleave.observability.tracing import tracer
-from cleave.runtime.guard import Guard
+from cleave.runtime.control import control_app
+from cleave.runtime.guard import Guard, make_token
 from cleave.runtime.host import Host
 from cleave.runtime.http import HttpServer, bind_admin
 from cleave.runtime.procs import freeze_heap
+from cleave.runtime.runstate import RunLock
 from cleave.transport.local import MemoryBroker
 
 if TYPE_CHECKING:
@@ -82,16 +86,24 @@ async def run(
     admin_port: int | None = None,
     on_ready: Callable[[str, str], None] = lambda url, dashboard: None,
 ) -> None:
-    """Run the app as a monolith until SIGINT or SIGTERM; the dashboard on ``admin_port``."""
+    """Run the app as a monolith until SIGINT, SIGTERM or `cleave down`; the dashboard on
+    ``admin_port``, with the control API that `cleave ps`, `status`, `down` and `chaos` use.
+    """
     from cleave.observability.dashboard import Dashboard
     from cleave.runtime.logs import configure as configure_logs
+    from cleave.runtime.monolith_ops import MonolithOps, log_dir
     from cleave.runtime.sources import LocalSource
     from cleave.runtime.worker import code_version
 
     obs = loaded.plan.observability
-    # Like a worker's, but the process is the whole app: colour in a terminal, else JSON lines.
-    configure_logs(service=loaded.app.name, replica=0)
+    lock = RunLock(loaded)
+    lock.acquire()  # one `cleave run` or `cleave up` of an app (of its data) at a time
+    log_file = log_dir(loaded) / "monolith.0.log"
+    # Like a worker's, but the process is the whole app: colour in a terminal, else JSON
+    # lines; JSON lines in the log folder either way, for `cleave logs`.
+    configure_logs(service=loaded.app.name, replica=0, also_to=log_file)
     tracer.configure(enabled=obs.tracing, sample_rate=obs.sample_rate, capacity=obs.spans)
+    otel.configure(obs.opentelemetry)
     mono = Monolith(loaded)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -99,28 +111,37 @@ async def run(
         loop.add_signal_handler(sig, stop.set)
     servers: list[HttpServer] = []
     dashboard: Dashboard | None = None
+    ops = MonolithOps(loaded, mono.host, stop, code_version(loaded))
     try:
         await mono.start()
-        url = ""
         if loaded.app.gateway is not None:
             servers.append(HttpServer(mono.asgi(), host, port))
             await servers[-1].start()
-            url = servers[-1].url
-        source = LocalSource(mono.host, mono.broker, version=code_version(loaded))
-        # In memory only: nothing but the dashboard's own page changes this run over HTTP.
-        token = secrets.token_urlsafe(32)
+            ops.gateway_url = servers[-1].url
+        source = LocalSource(mono.host, mono.broker, version=ops.version)
+        token = make_token(loaded.run_dir)
         dashboard = Dashboard(loaded.app, source, "monolith (one process)", token=token)
         sock = bind_admin(
             obs.admin_port if admin_port is None else admin_port, explicit=admin_port is not None
         )
-        guarded = Guard(dashboard.asgi(), token, [loaded.plan.gateway.host])
+        guarded = Guard(control_app(ops, dashboard.routes()), token, [loaded.plan.gateway.host])
         servers.append(HttpServer(guarded, "127.0.0.1", 0, sock=sock))
         await servers[-1].start()
+        ops.dashboard_url = servers[-1].url
         dashboard.start()
+        ops.write_state(log_file)
+        structlog.get_logger("cleave.monolith").info(
+            "monolith ready",
+            services=list(loaded.app.services),
+            gateway=ops.gateway_url,
+            dashboard=ops.dashboard_url,
+            pid=os.getpid(),
+        )
         freeze_heap()
-        on_ready(url, servers[-1].url)
+        on_ready(ops.gateway_url, ops.dashboard_url)
         await stop.wait()
     finally:
+        ops.clear_state()
         for server in servers:
             await server.stop()
         if dashboard is not None:
@@ -128,3 +149,4 @@ async def run(
         await mono.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        lock.release()

@@ -194,7 +194,7 @@ class Router:
                 if breaker is not None:
                     breaker.record(is_failure(exc, target), probe=probe)
                 probe = False
-                result = await self._recover(method, request, ctx, armed, policy, exc)
+                result = await self._recover(method, request, ctx, armed, policy, exc, started)
             else:
                 if breaker is not None:
                     breaker.record(False, started, probe)
@@ -227,6 +227,7 @@ class Router:
         armed: bool,
         policy: Policy,
         exc: CallError,
+        started: float,
     ) -> Message:
         """After a failed first attempt: retry while it is safe and time allows, else fall back."""
         breaker = policy.breaker
@@ -234,10 +235,11 @@ class Router:
         attempt = 1
         while True:
             if attempt > policy.retries or not should_retry(exc, method.retry_safe):
-                return await _fall_back(policy, request, exc)
+                return await _fall_back(policy, request, _gave_up(exc, attempt, started, policy))
             pause = policy.delay(attempt)
             if time.time() + pause >= ctx.deadline:
-                return await _fall_back(policy, request, exc)  # deadlines win over retries
+                # Deadlines win over retries.
+                return await _fall_back(policy, request, _gave_up(exc, attempt, started, policy))
             await asyncio.sleep(pause)
             attempt += 1
             # The same call again: same id, same deadline, a fresh count for its children.
@@ -326,6 +328,26 @@ class Router:
         if watchdog.disarm(timer):
             watchdog.uncancel(timer)  # the callee swallowed the cancel and answered anyway
         return result
+
+
+def _gave_up(exc: CallError, attempts: int, started: float, policy: Policy) -> CallError:
+    """``exc``, or for attempts that all timed out, what the caller waited for in all.
+
+    The last attempt's "did not answer within 2.5s" would hide the retries and
+    the seconds the caller really waited (a 504 after 7.6 s).
+    """
+    if attempts < 2 or type(exc) is not DeadlineExceeded:
+        return exc
+    waited = perf_counter() - started
+    each = f", {policy.timeout:g}s each" if policy.timeout is not None else ""
+    error = DeadlineExceeded(
+        f"{exc.origin or 'the callee'} did not answer: {attempts} attempts over {waited:.1f}s"
+        f"{each}; it may still have run",
+        service=exc.service,
+        method=exc.method,
+    )
+    error.__cause__ = exc
+    return error
 
 
 def _attempt_timed_out(method: MethodSpec, timeout: float) -> DeadlineExceeded:

@@ -16,6 +16,7 @@ supervisor opens them from the plan, as ``cleave dlq`` does.
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from cleave.observability.metrics import registry_for, render
+from cleave.observability.metrics import merge_snapshots, registry_for, render
 from cleave.observability.tracing import tracer
 from cleave.runtime.dlq import AppDeadLetters
 from cleave.runtime.hostmetrics import HostCollector, host_snapshot, refresher
@@ -99,10 +100,43 @@ class LocalSource:
 
 
 class FleetSource:
-    """Every worker of a ``cleave up``, through their admin ports."""
+    """Every worker of a ``cleave up``, through their admin ports.
 
-    def __init__(self, supervisor: Supervisor) -> None:
+    A worker that goes (a deploy, a scale down, a crash) takes its counters and
+    its spans with it, but the app's history must not go back: the counters it
+    last reported stay in the totals (``_retired``, counters only: its backlog
+    and in-flight calls are gone with it), and the spans of a worker stopped on
+    purpose are fetched just before it stops (``keep``) and kept, bounded, so a
+    trace keeps its spans from the old workers.
+    """
+
+    def __init__(self, supervisor: Supervisor, *, spans: int = 20_000) -> None:
         self.supervisor = supervisor
+        #: The last snapshot of each worker process, by pid.
+        self._last: dict[int, dict[str, Any]] = {}
+        #: What workers that are gone had counted, merged (counters only).
+        self._retired: dict[str, Any] = {}
+        #: Spans recorded by workers stopped on purpose.
+        self._kept: collections.deque[dict[str, Any]] = collections.deque(maxlen=spans)
+
+    async def keep(self, children: list[Child]) -> None:
+        """Fetch the spans of ``children``, about to stop, to keep showing them."""
+        client = self.supervisor.admin_http
+
+        async def one(child: Child) -> list[dict[str, Any]]:
+            if child.admin_port is None:
+                return []
+            url = f"http://127.0.0.1:{child.admin_port}/spans?limit={self._kept.maxlen}"
+            try:
+                resp = await client.get(url, timeout=3)
+                resp.raise_for_status()
+                spans: list[dict[str, Any]] = resp.json()
+                return spans
+            except (httpx.HTTPError, ValueError):
+                return []
+
+        for spans in await asyncio.gather(*(one(c) for c in children)):
+            self._kept.extend(spans)
 
     def _workers(self) -> list[Child]:
         return [
@@ -129,14 +163,26 @@ class FleetSource:
         return self.supervisor.processes()
 
     async def snapshots(self) -> list[dict[str, Any]]:
-        return [snap for _, snap in await self._each("/stats")]
+        answered: dict[int, dict[str, Any]] = {}
+        for _, snap in await self._each("/stats"):
+            answered[int(snap.get("process", {}).get("pid", 0))] = snap
+        self._last.update(answered)
+        running = {c.pid for c in self.supervisor.children if c.pid is not None}
+        gone = [pid for pid in self._last if pid not in running]
+        if gone:
+            counted = [self._retired, *(_counters_only(self._last.pop(pid)) for pid in gone)]
+            self._retired = _counters_only(merge_snapshots(counted))
+        # A worker that did not answer this time still counts what it last reported.
+        return [*self._last.values(), *([self._retired] if self._retired else [])]
 
     async def spans(self, query: str, limit: int) -> list[dict[str, Any]]:
         path = f"/spans?q={httpx.QueryParams({'q': query})['q']}&limit={limit}"
-        return [s for _, spans in await self._each(path) for s in spans]
+        live = [s for _, spans in await self._each(path) for s in spans]
+        return _unique([*live, *(s for s in self._kept if _matches(s, query))])
 
     async def trace(self, trace_id: str) -> list[dict[str, Any]]:
-        return [s for _, spans in await self._each(f"/spans?trace_id={trace_id}") for s in spans]
+        live = [s for _, spans in await self._each(f"/spans?trace_id={trace_id}") for s in spans]
+        return _unique([*live, *(s for s in self._kept if s["trace_id"] == trace_id)])
 
     # Dead letters are in the services' databases: opened for each request, so a
     # service whose database appears later is seen, and nothing stays open.
@@ -207,3 +253,28 @@ async def _purge(
     letters: AppDeadLetters, ids: list[str] | None, service: str | None
 ) -> list[dict[str, Any]]:
     return [d.summary() for d in await letters.purge(ids, service=service)]
+
+
+def _counters_only(snap: dict[str, Any]) -> dict[str, Any]:
+    """The counters of a snapshot: what a worker that is gone still adds to the totals."""
+    return {
+        "calls": snap.get("calls", []),
+        "served": [{**row, "in_flight": 0} for row in snap.get("served", [])],
+        "consumers": [{**row, "pending": 0} for row in snap.get("consumers", [])],
+    }
+
+
+def _matches(span: dict[str, Any], query: str) -> bool:
+    if not query or span["trace_id"].startswith(query):
+        return True
+    return any(str(v) == query for v in span["attributes"].values())
+
+
+def _unique(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen: set[str] = set()
+    out = []
+    for s in spans:
+        if s["span_id"] not in seen:
+            seen.add(s["span_id"])
+            out.append(s)
+    return out

@@ -34,6 +34,7 @@ import httpx
 from rich.console import Console
 from starlette.applications import Starlette
 
+from cleave._cliutil import progress
 from cleave.errors import CleaveError, ConfigError, LifecycleError
 from cleave.observability.dashboard import Dashboard
 from cleave.runtime import control, runstate
@@ -88,7 +89,8 @@ class Supervisor:
         self.token = ""
         self.workers = Children(loaded, stop=self._stop, say=self._say, changed=self._write_state)
         self.operations = Operations(self)
-        self.fleet = FleetSource(self)
+        self.fleet = FleetSource(self, spans=loaded.plan.observability.spans)
+        self.workers.on_stopping = self.fleet.keep
         self.dashboard = Dashboard(loaded.app, self.fleet, "processes (cleave up)")
         self.health = HealthMonitor(
             self, interval=h.interval, timeout=h.timeout, failures=h.failures
@@ -119,7 +121,8 @@ class Supervisor:
             loop.add_signal_handler(sig, self._stop.set)
         try:
             self._lock.acquire()
-            await self._start()
+            with progress(self.console, f"starting {self.loaded.app.name}: NATS, then the workers"):
+                await self._start()
             self._say(
                 f"[bold green]{self.loaded.app.name}[/] is up: gateway "
                 f"[bold]{self.gateway_url}[/]   (Ctrl-C or `cleave down` to stop)"

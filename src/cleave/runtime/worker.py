@@ -39,6 +39,7 @@ from starlette.routing import Route
 
 from cleave.app import LoadedApp, load
 from cleave.errors import ConfigError
+from cleave.observability import otel
 from cleave.observability.tracing import tracer
 from cleave.runtime.admin import Health, admin_app
 from cleave.runtime.guard import Guard, read_token
@@ -159,6 +160,7 @@ class Worker:
         loaded, app, plan = self.loaded, self.loaded.app, self.loaded.plan
         obs = plan.observability
         tracer.configure(enabled=obs.tracing, sample_rate=obs.sample_rate, capacity=obs.spans)
+        otel.configure(obs.opentelemetry)
         prefix = plan.nats.prefix
         self.version = code_version(loaded)
         server = (

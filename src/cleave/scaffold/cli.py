@@ -29,7 +29,10 @@ def new(
         typer.Option("--name", help="The package and app name (default: the folder's name)."),
     ] = None,
 ) -> None:
-    """Create a project: an app with two services, their contracts, a gateway and tests."""
+    """Create a project: an app with two services, their contracts, a gateway and tests.
+
+    Example: cleave new myshop
+    """
     from cleave.scaffold import new_project
 
     try:
@@ -59,7 +62,10 @@ def add_service(
         typer.Argument(help="The app's folder (default: found from the current folder)."),
     ] = None,
 ) -> None:
-    """Add a service: its contract, database, migrations folder and a test; register it."""
+    """Add a service: its contract, database, migrations folder and a test; register it.
+
+    Example: cleave add service payments myshop
+    """
     from cleave.app import find_root
     from cleave.scaffold.service import add_service as add_one
 
