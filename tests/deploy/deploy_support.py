@@ -3,6 +3,9 @@
 The validators are the tools a cluster's owner runs (kubectl, kubernetes-validate,
 checkov, hadolint, check-jsonschema, actionlint). A test skips when one is missing,
 unless CLEAVE_REQUIRE_DEPLOY_TOOLS is set (CI sets it): then a missing tool fails.
+
+The image's lock is made for real by uv, from the wheelhouse `make wheelhouse` downloaded
+(tests/wheelhouse.py): `cleave build` reads uv's usual configuration, so no index is asked.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 import pytest
 
 from conftest import SHOP, cli
+from wheelhouse import offline_env
 
 BIN = Path(sys.executable).parent
 #: The shop with two groups of two services, and four services alone.
@@ -51,7 +55,7 @@ def run(*args: object, cwd: Path | None = None, env: dict[str, str] | None = Non
 
 
 #: What the session fixtures made. Test modules import the fixtures, so each module has its
-#: own definitions; this keeps the work (a build, a lock from PyPI) to once per session.
+#: own definitions; this keeps the work (a build, a lock) to once per session.
 _made: dict[str, Any] = {}
 
 
@@ -68,11 +72,12 @@ def grouped_shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def built(grouped_shop: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`cleave build --target kubernetes`, locking the requirements for real (uv, PyPI)."""
+    """`cleave build --target kubernetes`, locking the requirements for real (uv, wheelhouse)."""
     if "built" not in _made:
         tool("uv")
-        out = tmp_path_factory.mktemp("build") / "out"
-        cli("build", grouped_shop, "--target", "kubernetes", "--out", out)
+        folder = tmp_path_factory.mktemp("build")
+        out = folder / "out"
+        cli("build", grouped_shop, "--target", "kubernetes", "--out", out, env=offline_env(folder))
         _made["built"] = out
     return _made["built"]  # type: ignore[no-any-return]
 

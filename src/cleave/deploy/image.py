@@ -36,6 +36,14 @@ __all__ = ["BASE_IMAGE", "UID", "dockerfile", "render", "wheel"]
 
 #: Pinned by tag; a registry digest can be added where the image is built.
 BASE_IMAGE = "python:3.11.11-slim-bookworm"
+#: What the lock is resolved for: the base image's CPython and glibc (bookworm: 2.36), amd64.
+#: Not ``--universal``: that also resolves the Windows and macOS branches of every marker
+#: (colorama for click on Windows, ...), which the image never installs and which an index
+#: holding only Linux wheels (a mirror, a wheelhouse) cannot satisfy. Hashes from PyPI
+#: cover every file of each pinned version, so an arm64 build of the image installs the
+#: same lock; only a dependency whose markers name a machine could differ.
+PYTHON_VERSION = "3.11"
+PYTHON_PLATFORM = "x86_64-manylinux_2_36"
 UID = 10001
 _SKIP = {"__pycache__", ".cleave", ".git", ".venv", ".pytest_cache", ".mypy_cache", "node_modules"}
 
@@ -131,16 +139,21 @@ def _uv() -> str:
 
 
 def _compile(requirements: Path) -> str:
-    """Resolve ``requirements`` for the image's Python, with every file's hash."""
+    """Resolve ``requirements`` for the image's Python, with every file's hash.
+
+    uv is configured the usual way (``UV_INDEX_URL``, ``UV_FIND_LINKS``, ``UV_OFFLINE``,
+    ``UV_CONFIG_FILE``, a ``uv.toml``): a private index or a wheelhouse works unchanged.
+    """
     cmd = [
         _uv(),
         "pip",
         "compile",
         requirements.name,
         "--generate-hashes",
-        "--universal",
         "--python-version",
-        "3.11",
+        PYTHON_VERSION,
+        "--python-platform",
+        PYTHON_PLATFORM,
         "--no-header",
         "--quiet",
     ]
