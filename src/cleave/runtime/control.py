@@ -31,6 +31,7 @@ from cleave.runtime.procs import alive, terminate
 
 if TYPE_CHECKING:
     from cleave.app import LoadedApp
+    from cleave.runtime.natscluster import EmbeddedCluster
 
 __all__ = ["Operated", "control_app", "read_state", "request", "state_path", "stop", "write_state"]
 
@@ -42,6 +43,8 @@ class Operated(Protocol):
     _status: str
     gateway_url: str
     nats_url: str
+    #: The embedded NATS cluster's nodes, when ``[nats] cluster`` started one.
+    cluster: EmbeddedCluster | None
 
     def processes(self) -> list[dict[str, Any]]: ...
     async def status(self) -> dict[str, Any]: ...

@@ -29,6 +29,7 @@ from cleave.runtime.guard import token_path
 if TYPE_CHECKING:
     from cleave.app import LoadedApp
     from cleave.runtime.host import Host
+    from cleave.runtime.natscluster import EmbeddedCluster
 
 __all__ = ["MonolithOps", "log_dir"]
 
@@ -51,6 +52,7 @@ class MonolithOps:
         self.gateway_url = ""
         self.dashboard_url = ""
         self.nats_url = ""
+        self.cluster: EmbeddedCluster | None = None  # a monolith runs no NATS
 
     def processes(self) -> list[dict[str, Any]]:
         names = [*self.host.names, *(["gateway"] if self.loaded.app.gateway else [])]
