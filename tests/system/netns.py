@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cleave.runtime.procs import alive
+
 PREFIX = "cvt"
 _OURS = re.compile(rf"^{PREFIX}(\d+)")
 
@@ -42,14 +44,6 @@ def ip(*args: str, check: bool = True) -> str:
         raise RuntimeError(f"ip {' '.join(args)} failed: {done.stderr.strip()}")
     return done.stdout
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -66,19 +60,19 @@ def sweep() -> list[str]:
     for line in ip("netns", "list", check=False).splitlines():
         name = line.split()[0] if line.split() else ""
         m = _OURS.match(name)
-        if m and not _alive(int(m.group(1))):
+        if m and not alive(int(m.group(1))):
             _kill_namespace_processes(name)
             ip("netns", "del", name, check=False)
             removed.append(name)
     for line in ip("-o", "link", "show", check=False).splitlines():
         name = line.split(":")[1].strip().split("@")[0] if ":" in line else ""
         m = _OURS.match(name)
-        if m and not _alive(int(m.group(1))):
+        if m and not alive(int(m.group(1))):
             ip("link", "del", name, check=False)
             removed.append(name)
     for folder in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
         m = _OURS.match(folder.name)
-        if m and folder.is_dir() and not _alive(int(m.group(1))):
+        if m and folder.is_dir() and not alive(int(m.group(1))):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(str(folder))
     return removed

@@ -197,3 +197,22 @@ def check_invariants(
     for o in cancelled:
         assert shipments[o["order_id"]] == 0, f"cancelled {o['order_id']} was shipped"
     return {"confirmed": len(confirmed), "cancelled": len(cancelled), "shipments": shipments}
+
+
+def unquiet(control: Control) -> dict[str, Any]:
+    """What is still in motion, by worker: outbox rows, running sagas, pending deliveries."""
+    out: dict[str, Any] = {}
+    for label, st in control.status().items():
+        if "error" in st:
+            out[label] = st["error"]
+            continue
+        busy = {k: v for k, v in {**st["outbox"], **st["sagas"]}.items() if v}
+        busy |= {k: c["pending"] for k, c in st["consumers"].items() if c["pending"]}
+        if busy:
+            out[label] = busy
+    return out
+
+
+def quiet(control: Control) -> bool:
+    """Every outbox empty, every consumer caught up, no saga running."""
+    return not unquiet(control)

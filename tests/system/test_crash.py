@@ -46,6 +46,7 @@ from shopcheck import (
     check_invariants,
     per_order,
     plans,
+    quiet,
     snapshot,
 )
 
@@ -103,18 +104,6 @@ class Killer(threading.Thread):
             except ProcessLookupError:
                 continue
             self.kills.append((time.monotonic(), target))
-
-
-def quiet(control: Control) -> bool:
-    """Every outbox empty, every consumer caught up, no saga running."""
-    for st in control.status().values():
-        if "error" in st:
-            return False
-        if any(st["outbox"].values()) or any(st["sagas"].values()):
-            return False
-        if any(c["pending"] for c in st["consumers"].values()):
-            return False
-    return True
 
 
 async def replay_every_event(nats_url: str, state_dir: Path) -> int:

@@ -35,7 +35,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from shopcheck import Api, Client, Control, admin_headers, check_invariants, plans, snapshot
+from shopcheck import (
+    Api,
+    Client,
+    Control,
+    admin_headers,
+    check_invariants,
+    plans,
+    quiet,
+    snapshot,
+    unquiet,
+)
 
 from cleave.runtime.natscluster import stream_leader
 from conftest import SHOP, Up, wait_until
@@ -232,29 +242,3 @@ def test_the_shop_rides_over_nats_node_deaths(tmp_path: Path) -> None:
         print(f"  up {up_took:.1f}s; " + "; ".join(f"killed {k}" for k in kills))
     finally:
         up.stop()
-
-
-def quiet(control: Control) -> bool:
-    """Every outbox empty, every consumer caught up, no saga running."""
-    for st in control.status().values():
-        if "error" in st:
-            return False
-        if any(st["outbox"].values()) or any(st["sagas"].values()):
-            return False
-        if any(c["pending"] for c in st["consumers"].values()):
-            return False
-    return True
-
-
-def unquiet(control: Control) -> dict[str, Any]:
-    """What keeps ``quiet`` false, by worker."""
-    out: dict[str, Any] = {}
-    for label, st in control.status().items():
-        if "error" in st:
-            out[label] = st["error"]
-            continue
-        busy = {k: v for k, v in {**st["outbox"], **st["sagas"]}.items() if v}
-        busy |= {k: c["pending"] for k, c in st["consumers"].items() if c["pending"]}
-        if busy:
-            out[label] = busy
-    return out

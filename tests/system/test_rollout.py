@@ -25,7 +25,16 @@ from typing import Any
 
 import pytest
 from load import Load, errors, figures
-from shopcheck import COMMON, RICH, Api, Control, admin_headers, check_invariants, snapshot
+from shopcheck import (
+    COMMON,
+    RICH,
+    Api,
+    Control,
+    admin_headers,
+    check_invariants,
+    quiet,
+    snapshot,
+)
 
 from conftest import SHOP, Up, cli, wait_until
 
@@ -100,16 +109,6 @@ def majors(up: Up) -> dict[str, set[tuple[int, ...]]]:
     for row in up.ps():
         out.setdefault(row["service"], set()).add(tuple(row["majors"]))
     return out
-
-
-def quiet(control: Control) -> bool:
-    """Every outbox empty, every consumer caught up, no saga running."""
-    for st in control.status().values():
-        if "error" in st or any(st["outbox"].values()) or any(st["sagas"].values()):
-            return False
-        if any(c["pending"] for c in st["consumers"].values()):
-            return False
-    return True
 
 
 def deploy(up: Up, service: str) -> float:

@@ -63,6 +63,20 @@ def _nats(node: str) -> dict[str, Any]:
     }
 
 
+def _served(port: int, grace: int) -> dict[str, Any]:
+    """What every long-running Cleave container shares: ready when /readyz says so, drained."""
+    return {
+        "healthcheck": {
+            "test": _python_probe(port, "/readyz"),
+            "interval": "5s",
+            "timeout": "3s",
+            "retries": 12,
+        },
+        "stop_grace_period": f"{grace}s",
+        "restart": "unless-stopped",
+    }
+
+
 def _python_probe(port: int, path: str) -> list[str]:
     code = (
         f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}{path}', timeout=2)"
@@ -147,14 +161,7 @@ def render(dep: Deployment, out: Path) -> None:
                     for s in group.databases
                 },
             },
-            "healthcheck": {
-                "test": _python_probe(port, "/readyz"),
-                "interval": "5s",
-                "timeout": "3s",
-                "retries": 12,
-            },
-            "stop_grace_period": f"{dep.grace}s",
-            "restart": "unless-stopped",
+            **_served(port, dep.grace),
         }
     if dep.gateway:
         gport = dep.gateway_port
@@ -167,14 +174,7 @@ def render(dep: Deployment, out: Path) -> None:
                 **nats_ready,
                 **{g.slug: {"condition": "service_healthy"} for g in dep.groups},
             },
-            "healthcheck": {
-                "test": _python_probe(port, "/readyz"),
-                "interval": "5s",
-                "timeout": "3s",
-                "retries": 12,
-            },
-            "stop_grace_period": f"{dep.grace}s",
-            "restart": "unless-stopped",
+            **_served(port, dep.grace),
         }
     volumes: dict[str, Any] = {f"{n}-data": {} for n in NODES}
     volumes["postgres-data"] = {}
