@@ -206,10 +206,11 @@ class OutboxRelay:
         for span in spans:
             tracer.finish(span)
         if settled is None:
-            # Stored durably: the rows can go now.
+            # Stored durably: the rows can go now. Counted first: the delete is seen by
+            # others at its commit, before its own wait for the disk returns.
+            self.published += len(rows)
             async with self.db.transaction() as tx:
                 await tx.run_many(_DELETE, [{"seq": r[0]} for r in rows])
-            self.published += len(rows)
             return len(rows)
         self._after = rows[-1][0]
         for row, future in zip(rows, settled, strict=True):
