@@ -244,13 +244,21 @@ class DeadLetterStore:
         return {row.consumer: int(row.n) for row in rows}
 
     async def mark(self, ids: Sequence[str] | None = None) -> list[DeadLetter]:
-        """Ask for a replay of the letters ``ids`` (None: all); the letters marked."""
-        update = _t.update().values(replay_requested_at=time.time())
+        """Ask for a replay of the letters ``ids`` (None: all); the letters marked.
+
+        Read in the marking transaction: once it commits, a host may replay and
+        remove a letter before a later read could see it.
+        """
+        now = time.time()
+        update = _t.update().values(replay_requested_at=now)
+        query = sa.select(_t).order_by(_t.c.failed_at, _t.c.id)
         if ids is not None:
             update = update.where(_t.c.id.in_(ids))
+            query = query.where(_t.c.id.in_(ids))
         async with self.db.transaction() as tx:
             await tx.execute(update)
-        return await self.find(ids)
+            rows = (await tx.execute(query)).all()
+        return [self._letter(r) for r in rows]
 
     async def failed_again(self, letter_id: str, error: str) -> None:
         """A replay failed: keep the letter with its new error, no longer marked."""
