@@ -57,6 +57,7 @@ from cleave._serve_cli import gateway as gateway_command
 from cleave._serve_cli import serve as serve_command
 from cleave.app import LoadedApp, load
 from cleave.config import mask_url
+from cleave.coupling.command import coupling as _coupling
 from cleave.deploy.command import build_command as _build_command
 from cleave.errors import CleaveError
 from cleave.scaffold import cli as scaffold_cli
@@ -1010,11 +1011,6 @@ def contracts_asyncapi(path: AppArg = None, output: OutputOpt = None) -> None:
         console.print(f"{loaded.app.name}: wrote {target}", highlight=False)
 
 
-from cleave.coupling.command import coupling as _coupling  # noqa: E402 - registered here
-
-app.command("coupling")(_coupling)
-
-
 def _uptime(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -1026,8 +1022,9 @@ def _uptime(seconds: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-# `cleave build`: see cleave.deploy.
+# `cleave build`: see cleave.deploy; `cleave coupling`: see cleave.coupling.
 app.command("build")(_build_command)
+app.command("coupling")(_coupling)
 
 
 def main() -> None:

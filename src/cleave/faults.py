@@ -18,9 +18,9 @@ from typing import Annotated
 import msgspec
 
 from cleave.context import CallContext
-from cleave.errors import DeadlineExceeded, Unavailable
+from cleave.errors import ConfigError, DeadlineExceeded, Unavailable
 
-__all__ = ["Faults"]
+__all__ = ["Faults", "chaos_faults"]
 
 
 class Faults(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -59,3 +59,20 @@ class Faults(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             )
         if self.latency:
             await asyncio.sleep(self.latency)
+
+
+def chaos_faults(action: str, value: float | None) -> dict[str, float]:
+    """The faults a ``cleave chaos`` action sets (``clear``: none), as the /faults body takes them.
+
+    ``kill``, ``pause`` and ``resume`` act on processes, not calls: their callers handle them.
+    """
+    faults = {"latency": 0.0, "drop": 0.0, "fail": 0.0}
+    if action in faults:
+        if value is None:
+            raise ConfigError(f"chaos {action} needs a value")
+        faults[action] = value
+    elif action != "clear":
+        raise ConfigError(
+            f"unknown chaos action {action!r}: kill, pause, resume, latency, drop, fail, clear"
+        )
+    return faults

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from cleave.errors import ConfigError, LifecycleError
-from cleave.faults import Faults
+from cleave.faults import Faults, chaos_faults
 from cleave.runtime import control
 from cleave.runtime.guard import token_path
 
@@ -99,15 +99,7 @@ class MonolithOps:
                 f"chaos {action} stops a process, and the monolith is one: run the app with "
                 f"`cleave up {self.loaded.root}`, or use latency, drop or fail here"
             )
-        faults = {"latency": 0.0, "drop": 0.0, "fail": 0.0}
-        if action in faults:
-            if value is None:
-                raise ConfigError(f"chaos {action} needs a value")
-            faults[action] = value
-        elif action != "clear":
-            raise ConfigError(
-                f"unknown chaos action {action!r}: kill, pause, resume, latency, drop, fail, clear"
-            )
+        faults = chaos_faults(action, value)
         try:
             chosen = msgspec.convert(faults, Faults)
         except msgspec.ValidationError as exc:

@@ -17,6 +17,7 @@ import signal
 from typing import TYPE_CHECKING, Any
 
 from cleave.errors import ConfigError, LifecycleError
+from cleave.faults import chaos_faults
 from cleave.runtime.children import Child
 
 if TYPE_CHECKING:
@@ -108,15 +109,7 @@ class Operations:
                     c.paused = action == "pause"
                     c.status = "paused" if c.paused else "ready"
             return {action: [c.label for c in targets]}
-        faults = {"latency": 0.0, "drop": 0.0, "fail": 0.0}
-        if action in ("latency", "drop", "fail"):
-            if value is None:
-                raise ConfigError(f"chaos {action} needs a value")
-            faults[action] = value
-        elif action != "clear":
-            raise ConfigError(
-                f"unknown chaos action {action!r}: kill, pause, resume, latency, drop, fail, clear"
-            )
+        faults = chaos_faults(action, value)
         answers = {}
         for c in targets:
             if c.admin_port is None:
